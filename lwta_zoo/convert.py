@@ -1,0 +1,32 @@
+"""Swap the ReLU-family activations of any nn.Module for stochastic LWTA."""
+from __future__ import annotations
+
+import torch.nn as nn
+from timm.layers import create_act
+
+from .layers.lwta import LWTA, track_kl
+
+RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU)
+
+
+def convert(model: nn.Module, U: int = 2, **lwta_kwargs) -> nn.Module:
+    """Replace every ReLU-like activation module in ``model`` by ``LWTA(U, **lwta_kwargs)``.
+
+    Works in place on torchvision, timm or your own modules and returns ``model``. ReLUs
+    called as functions (``F.relu``) are not modules and are left alone. A channel count
+    that U does not divide is reported, with the module path, on the first forward.
+    """
+    LWTA(U=U, **lwta_kwargs)  # validate the settings before touching the model
+    for path, module in list(model.named_modules()):
+        for name, child in module.named_children():
+            if isinstance(child, RELU_LIKE):
+                setattr(module, name, LWTA(U=U, **lwta_kwargs))
+    return track_kl(model)
+
+
+def register_timm_activation() -> None:
+    """Make 'lwta' an activation name for timm (``create_model(..., act_layer='lwta')``).
+
+    timm has no public hook for new names; its factory reads this module-level dict.
+    """
+    create_act._ACT_LAYER_DEFAULT.setdefault('lwta', LWTA)

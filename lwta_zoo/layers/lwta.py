@@ -1,0 +1,181 @@
+"""Stochastic Local Winner-Takes-All (LWTA) activation.
+
+Channels are grouped in blocks of U *adjacent* units: a dense input (N, C) is viewed as
+(N, C/U, U) and a conv input (N, C, H, W) as (N, C/U, U, H, W), so competition is
+position-wise among U feature maps. In each block one winner passes its linear response
+and the others output zero; the winner is drawn from softmax of the block's responses
+(the WRN paper's eqs. 1-5). The shape is unchanged, so LWTA replaces ReLU one for one.
+
+Modes (see ``MODES``):
+
+* ``sample``: the stochastic model. Training draws the Gumbel-softmax (concrete)
+  relaxation at temperature ``tau`` (hard straight-through one-hot with ``hard=True``);
+  evaluation draws exact one-hot samples, unless ``eval_tau`` asks for the authors'
+  soft relaxation at test time (their code uses 0.01; needed to reproduce their protocol).
+* ``max``: deterministic LWTA-max (the AISTATS paper's baseline): the largest unit wins.
+* ``mean``: the expected output ``h * softmax(h)``, a smooth surrogate for adaptive attacks.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MODES = ('sample', 'max', 'mean')
+
+
+def _blocks(x: torch.Tensor, U: int, name: str) -> torch.Tensor:
+    """View (N, C, *S) as (N, C/U, U, *S), with an error that names the layer."""
+    if x.dim() < 2:
+        raise ValueError(f'{name}: expected input of shape (N, C) or (N, C, H, W), got {tuple(x.shape)}')
+    C = x.shape[1]
+    if C % U:
+        raise ValueError(f'{name}: {C} channels are not divisible by U={U} competing units')
+    return x.unflatten(1, (C // U, U))
+
+
+def _one_hot_max(scores: torch.Tensor) -> torch.Tensor:
+    """One-hot mask of the largest entry along dim 2 (the unit axis)."""
+    return torch.zeros_like(scores).scatter_(2, scores.argmax(2, keepdim=True), 1.0)
+
+
+def lwta(
+    x: torch.Tensor,
+    U: int = 2,
+    mode: str = 'sample',
+    training: bool = False,
+    tau: float = 0.67,
+    hard: bool = False,
+    eval_tau: Optional[float] = None,
+    name: str = 'LWTA',
+) -> torch.Tensor:
+    """Functional LWTA over blocks of U adjacent channels; see the module docstring."""
+    h = _blocks(x, U, name)
+    if mode == 'max':
+        xi = _one_hot_max(h)
+    elif mode == 'mean':
+        xi = h.softmax(2)
+    elif mode != 'sample':
+        raise ValueError(f'{name}: mode must be one of {MODES}, got {mode!r}')
+    elif training or eval_tau is not None:
+        # Concrete relaxation: softmax((log softmax(h) + g) / tau) == softmax((h + g) / tau).
+        gumbel = -torch.empty_like(h).exponential_().log()
+        xi = ((h + gumbel) / (tau if training else eval_tau)).softmax(2)
+        if hard and training:
+            xi = _one_hot_max(xi) - xi.detach() + xi
+    else:
+        # Exact categorical sample: argmax of h + Gumbel noise. For U=2 this is one
+        # comparison of h1 - h2 against logistic noise (one uniform draw per block).
+        with torch.no_grad():
+            if U == 2:
+                u = torch.rand_like(h[:, :, 0])
+                first = (h[:, :, 0] - h[:, :, 1]) > (u.log() - torch.log1p(-u))
+                xi = torch.stack((first, ~first), 2).to(h.dtype)
+            else:
+                xi = _one_hot_max(h - torch.empty_like(h).exponential_().log())
+    return (h * xi).flatten(1, 2)
+
+
+def lwta_kl(x: torch.Tensor, U: int = 2, name: str = 'LWTA') -> torch.Tensor:
+    """KL[q(xi) || Categorical(1/U)] summed over blocks (and positions), mean over the batch.
+
+    Computed in closed form, sum_u q_u (log q_u + log U): the expectation of the paper's
+    one-sample estimate (eq. 8), with no sampling variance.
+    """
+    log_q = _blocks(x, U, name).float().log_softmax(2)
+    kl = (log_q.exp() * (log_q + math.log(U))).sum(2)
+    return kl.flatten(1).sum(1).mean()
+
+
+class LWTA(nn.Module):
+    """Stochastic LWTA activation, a drop-in replacement for ReLU (see module docstring).
+
+    Args:
+        U: competing units per block (>= 2); must divide the channel count.
+        tau: temperature of the training-time concrete relaxation (0.67 in the papers).
+        hard: straight-through hard samples in training.
+        mode: 'sample' | 'max' | 'mean'.
+        eval_tau: if set, evaluation draws the soft relaxation at this temperature
+            (the authors' code, 0.01) instead of exact one-hot samples.
+        inplace: accepted for ReLU compatibility (``act_layer(inplace=True)``); ignored.
+
+    After a training-mode forward, ``kl`` holds the KL of q(xi) to the uniform prior.
+    """
+
+    def __init__(
+        self,
+        inplace: bool = False,
+        U: int = 2,
+        tau: float = 0.67,
+        hard: bool = False,
+        mode: str = 'sample',
+        eval_tau: Optional[float] = None,
+    ):
+        super().__init__()
+        if isinstance(U, bool) or not isinstance(U, int) or U < 2:
+            raise ValueError(f'LWTA needs U >= 2 competing units per block, got U={U!r}')
+        if not tau > 0 or (eval_tau is not None and not eval_tau > 0):
+            raise ValueError(f'LWTA temperatures must be positive, got tau={tau}, eval_tau={eval_tau}')
+        if mode not in MODES:
+            raise ValueError(f'LWTA mode must be one of {MODES}, got {mode!r}')
+        self.U, self.tau, self.hard, self.mode, self.eval_tau = U, tau, hard, mode, eval_tau
+        self.layer_name = 'LWTA'  # set to the module path by convert() and the model builders
+        self.kl: Optional[torch.Tensor] = None
+        self.accumulate_kl = False  # set where a root-level hook resets kl before each forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.mode == 'sample':
+            kl = lwta_kl(x, self.U, self.layer_name)
+            self.kl = kl if not (self.accumulate_kl and self.kl is not None) else self.kl + kl
+        return lwta(x, self.U, self.mode, self.training, self.tau, self.hard, self.eval_tau, self.layer_name)
+
+    def extra_repr(self) -> str:
+        extra = f', eval_tau={self.eval_tau}' if self.eval_tau is not None else ''
+        return f'U={self.U}, tau={self.tau}, hard={self.hard}, mode={self.mode!r}{extra}'
+
+
+def lwta_modules(model: nn.Module) -> Iterator[LWTA]:
+    """Every LWTA module in ``model``."""
+    return (m for m in model.modules() if isinstance(m, LWTA))
+
+
+def _reset_kl(model: nn.Module, args) -> None:
+    for m in lwta_modules(model):
+        m.kl = None
+
+
+def track_kl(model: nn.Module) -> nn.Module:
+    """Name each LWTA module by its path and make its KL cover one whole forward of ``model``.
+
+    A module called several times in one forward (torchvision's ResNet reuses one ReLU)
+    then sums its KL over the calls; a pre-hook on ``model`` clears it before each forward.
+    """
+    for path, m in model.named_modules():
+        if isinstance(m, LWTA):
+            m.layer_name = f'LWTA at {path!r}' if path else 'LWTA'
+            m.accumulate_kl = True
+    if not getattr(model, '_lwta_kl_hook', False):
+        model.register_forward_pre_hook(_reset_kl)
+        model._lwta_kl_hook = True
+    return model
+
+
+def set_mode(model: nn.Module, mode: str) -> nn.Module:
+    """Switch every LWTA layer in ``model`` to 'sample', 'max' or 'mean'."""
+    if mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+    for m in lwta_modules(model):
+        m.mode = mode
+    return model
+
+
+def kl_divergence(model: nn.Module) -> torch.Tensor:
+    """Sum of the KL terms every stochastic layer recorded in the last training forward."""
+    terms = [m.kl for m in model.modules() if getattr(m, 'kl', None) is not None]
+    if not terms:
+        device = next(model.parameters(), torch.empty(0)).device
+        return torch.zeros((), device=device)
+    return torch.stack(terms).sum()

@@ -1,0 +1,5 @@
+"""The zoo's architectures, registered in timm's registry on import."""
+from ._base import HF_ORG, SampledClassifier
+from .small_cnn import SmallCNN
+from .vgg_cifar import VGGCifar
+from .wide_resnet import WideResNet

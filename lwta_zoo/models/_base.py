@@ -1,0 +1,109 @@
+"""What every model of the zoo shares: activation choice, L-sample forward, timm builder."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable, Dict, Optional, Sequence, Type
+
+import torch
+import torch.nn as nn
+from timm.layers import SelectAdaptivePool2d
+from timm.models import build_model_with_cfg
+
+from ..layers.lwta import LWTA, track_kl
+from ..sampling import check_samples, sample_average
+
+ACTIVATIONS = ('relu', 'lwta')
+HF_ORG = 'lwta-zoo'  # the Hugging Face organisation that hosts the zoo's weights
+
+
+def make_act_layer(act: str = 'relu', lwta_args: Optional[Dict[str, Any]] = None) -> Callable[..., nn.Module]:
+    """An ``act_layer`` factory from serialisable settings: 'relu' or 'lwta' with LWTA kwargs."""
+    if act == 'relu':
+        if lwta_args:
+            raise ValueError(f'lwta_args {lwta_args} given for a ReLU model')
+        return nn.ReLU
+    if act == 'lwta':
+        LWTA(**(lwta_args or {}))  # validate U, tau, mode now, before any layer is built
+        return partial(LWTA, **(lwta_args or {}))
+    raise ValueError(f'act must be one of {ACTIVATIONS}, got {act!r}')
+
+
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std inside the model, so that inputs stay in [0, 1]."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer('mean', torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class SampledClassifier(nn.Module):
+    """Base of the zoo's classifiers: in eval mode ``forward`` averages L samples in one batch.
+
+    Subclasses implement timm's ``forward_features`` / ``forward_head``.
+    """
+
+    num_samples: int = 1
+    sample_average: str = 'logits'
+
+    def init_head(self, num_features: int, num_classes: int, global_pool: str,
+                  pre_logits: Optional[nn.Module] = None, hidden: Optional[int] = None) -> None:
+        """timm's head: global pool -> optional pre-logits layer -> classifier ``fc``."""
+        self.num_features, self.head_hidden_size = num_features, hidden or num_features
+        self.pre_logits = pre_logits or nn.Identity()
+        self.reset_classifier(num_classes, global_pool)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pre_logits(self.global_pool(x))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        L = 1 if self.training else self.num_samples
+        return sample_average(self.forward_single, x, L, self.sample_average)
+
+    def forward_single(self, x: torch.Tensor) -> torch.Tensor:
+        """One draw of the stochastic network."""
+        return self.forward_head(self.forward_features(x))
+
+
+def _check_input(model: nn.Module, x: torch.Tensor, in_chans: int) -> None:
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f'{type(model).__name__} expects images (N, {in_chans}, H, W), got {tuple(x.shape)}')
+
+
+def build(
+    model_cls: Type[SampledClassifier],
+    variant: str,
+    pretrained: bool = False,
+    samples: int = 1,
+    sample_average: str = 'logits',
+    **kwargs,
+) -> SampledClassifier:
+    """timm's ``build_model_with_cfg`` plus the zoo's extras: L samples and KL tracking."""
+    check_samples(samples, sample_average)
+    model = build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    model.num_samples, model.sample_average = samples, sample_average
+    return track_kl(model)
+
+
+def cfg(num_classes: int = 10, input_size=(3, 32, 32), pool_size=(8, 8), **kwargs) -> Dict[str, Any]:
+    """A pretrained_cfg for the zoo: inputs in [0, 1], any normalisation inside the model."""
+    chans = input_size[0]
+    return {
+        'num_classes': num_classes, 'input_size': input_size, 'pool_size': pool_size,
+        'crop_pct': 1.0, 'interpolation': 'bilinear',
+        'mean': (0.0,) * chans, 'std': (1.0,) * chans,
+        'first_conv': 'conv1', 'classifier': 'fc', 'license': 'mit', **kwargs,
+    }

@@ -1,0 +1,160 @@
+"""CIFAR WideResNet (Zagoruyko & Komodakis) with the TRADES / RobustBench state_dict layout.
+
+Keys: conv1, block{1,2,3}.layer.N.{bn1,conv1,bn2,conv2,convShortcut}, bn1, fc. Inputs are
+in [0, 1] with no normalisation, as in TRADES. The activations (relu1, relu2, relu) hold
+no weights, so a ReLU checkpoint and its LWTA twin share one layout. TRADES also builds an
+unused ``sub_block1``; it is left out here and its keys are dropped on import.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+from timm.models import generate_default_cfgs, register_model
+
+from ._base import HF_ORG, SampledClassifier, _check_input, build, cfg, make_act_layer
+
+__all__ = ['WideResNet']
+
+
+class BasicBlock(nn.Module):
+    """Pre-activation block: bn1-act-conv1-bn2-act-conv2, plus a 1x1 shortcut on a shape change."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, act_layer):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_chs)
+        self.relu1 = act_layer(inplace=True)
+        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.relu2 = act_layer(inplace=True)
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, 1, 1, bias=False)
+        self.equal_in_out = in_chs == out_chs and stride == 1
+        self.convShortcut = None if self.equal_in_out else nn.Conv2d(in_chs, out_chs, 1, stride, 0, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.relu1(self.bn1(x))
+        out = self.conv2(self.relu2(self.bn2(self.conv1(a))))
+        # As in TRADES: the shortcut of a widening block starts from the activated input.
+        return out + (x if self.equal_in_out else self.convShortcut(a))
+
+
+class NetworkBlock(nn.Module):
+    def __init__(self, depth: int, in_chs: int, out_chs: int, stride: int, act_layer):
+        super().__init__()
+        self.layer = nn.Sequential(*[
+            BasicBlock(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1, act_layer)
+            for i in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class WideResNet(SampledClassifier):
+    """WRN-depth-widen for 32x32 inputs, ReLU or stochastic LWTA activations."""
+
+    def __init__(
+        self,
+        depth: int = 34,
+        widen_factor: int = 10,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        global_pool: str = 'avg',
+        act: str = 'relu',
+        lwta_args: Optional[Dict[str, Any]] = None,
+    ):
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f'WideResNet depth must be 6n+4, got {depth}')
+        n = (depth - 4) // 6
+        act_layer = make_act_layer(act, lwta_args)
+        chs = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self.conv1 = nn.Conv2d(in_chans, chs[0], 3, 1, 1, bias=False)
+        self.block1 = NetworkBlock(n, chs[0], chs[1], 1, act_layer)
+        self.block2 = NetworkBlock(n, chs[1], chs[2], 2, act_layer)
+        self.block3 = NetworkBlock(n, chs[2], chs[3], 2, act_layer)
+        self.bn1 = nn.BatchNorm2d(chs[3])
+        self.relu = act_layer(inplace=True)
+        self.init_head(chs[3], num_classes, global_pool)
+        self.feature_info = [dict(num_chs=c, reduction=r, module=m) for c, r, m in zip(
+            chs[1:], (1, 2, 4), ('block1', 'block2', 'block3'))]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(self, x, self.in_chans)
+        x = self.block3(self.block2(self.block1(self.conv1(x))))
+        return self.relu(self.bn1(x))
+
+
+def _wrn_cfg(name: str, **kwargs) -> Dict[str, Any]:
+    return cfg(hf_hub_id=f'{HF_ORG}/{name}', **kwargs)
+
+
+_ARCHS = {'wrn34_1': (34, 1), 'wrn34_5': (34, 5), 'wrn34_10': (34, 10), 'wrn28_10': (28, 10)}
+
+default_cfgs = generate_default_cfgs({
+    name + suffix: _wrn_cfg(name + suffix) for name in _ARCHS for suffix in ('', '_lwta')})
+
+
+def _wrn(name: str, pretrained: bool, **kwargs) -> WideResNet:
+    arch, lwta = name.removesuffix('_lwta'), name.endswith('_lwta')
+    depth, widen = _ARCHS[arch]
+    if lwta:
+        kwargs.setdefault('act', 'lwta')
+    return build(WideResNet, name, pretrained, depth=depth, widen_factor=widen, **kwargs)
+
+
+@register_model
+def wrn34_1(pretrained: bool = False, **kwargs) -> WideResNet:
+    """WRN-34-1, ReLU."""
+    return _wrn('wrn34_1', pretrained, **kwargs)
+
+
+@register_model
+def wrn34_5(pretrained: bool = False, **kwargs) -> WideResNet:
+    """WRN-34-5, ReLU."""
+    return _wrn('wrn34_5', pretrained, **kwargs)
+
+
+@register_model
+def wrn34_10(pretrained: bool = False, **kwargs) -> WideResNet:
+    """WRN-34-10, ReLU."""
+    return _wrn('wrn34_10', pretrained, **kwargs)
+
+
+@register_model
+def wrn28_10(pretrained: bool = False, **kwargs) -> WideResNet:
+    """WRN-28-10, ReLU."""
+    return _wrn('wrn28_10', pretrained, **kwargs)
+
+
+@register_model
+def wrn34_1_lwta(pretrained: bool = False, **kwargs) -> WideResNet:
+    """WRN-34-1 with stochastic LWTA (U=2), as in the WRN paper."""
+    return _wrn('wrn34_1_lwta', pretrained, **kwargs)
+
+
+@register_model
+def wrn34_5_lwta(pretrained: bool = False, **kwargs) -> WideResNet:
+    """WRN-34-5 with stochastic LWTA (U=2), as in the WRN paper."""
+    return _wrn('wrn34_5_lwta', pretrained, **kwargs)
+
+
+@register_model
+def wrn34_10_lwta(pretrained: bool = False, **kwargs) -> WideResNet:
+    """WRN-34-10 with stochastic LWTA (U=2), as in the WRN paper."""
+    return _wrn('wrn34_10_lwta', pretrained, **kwargs)
+
+
+@register_model
+def wrn28_10_lwta(pretrained: bool = False, **kwargs) -> WideResNet:
+    """WRN-28-10 with stochastic LWTA (U=2)."""
+    return _wrn('wrn28_10_lwta', pretrained, **kwargs)
