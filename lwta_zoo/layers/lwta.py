@@ -51,8 +51,13 @@ def lwta(
     hard: bool = False,
     eval_tau: Optional[float] = None,
     name: str = 'LWTA',
+    straight_through: bool = False,
 ) -> torch.Tensor:
-    """Functional LWTA over blocks of U adjacent channels; see the module docstring."""
+    """Functional LWTA over blocks of U adjacent channels; see the module docstring.
+
+    ``straight_through`` gives the exact eval-time sample the gradient of softmax(h)
+    (a straight-through estimator, for attacks that differentiate the hard sample).
+    """
     h = _blocks(x, U, name)
     if mode == 'max':
         xi = _one_hot_max(h)
@@ -76,6 +81,9 @@ def lwta(
                 xi = torch.stack((first, ~first), 2).to(h.dtype)
             else:
                 xi = _one_hot_max(h - torch.empty_like(h).exponential_().log())
+        if straight_through:
+            p = h.softmax(2)
+            xi = xi + p - p.detach()
     return (h * xi).flatten(1, 2)
 
 
@@ -125,12 +133,14 @@ class LWTA(nn.Module):
         self.layer_name = 'LWTA'  # set to the module path by convert() and the model builders
         self.kl: Optional[torch.Tensor] = None
         self.accumulate_kl = False  # set where a root-level hook resets kl before each forward
+        self.straight_through = False  # eval samples pass softmax gradients (set by attacks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.mode == 'sample':
             kl = lwta_kl(x, self.U, self.layer_name)
             self.kl = kl if not (self.accumulate_kl and self.kl is not None) else self.kl + kl
-        return lwta(x, self.U, self.mode, self.training, self.tau, self.hard, self.eval_tau, self.layer_name)
+        return lwta(x, self.U, self.mode, self.training, self.tau, self.hard, self.eval_tau, self.layer_name,
+                    self.straight_through)
 
     def extra_repr(self) -> str:
         extra = f', eval_tau={self.eval_tau}' if self.eval_tau is not None else ''

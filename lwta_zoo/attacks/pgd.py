@@ -1,0 +1,88 @@
+"""L-infinity PGD (Madry et al.) with a choice of the gradient it follows.
+
+A stochastic model's own gradient is noisy; an attacker may instead follow (DESIGN.md):
+
+* ``'model'``: the model as it is (the papers' protocol: one sampled forward per step);
+* ``'mean'`` / ``'max'``: the smooth expected-output surrogate / deterministic LWTA-max;
+* ``'ste'``: exact samples forward, softmax gradients backward (straight-through);
+* ``'eot'``: the mean gradient of ``eot_samples`` sampled forwards, folded into one batch.
+
+FGSM is ``pgd(..., steps=1, step_size=eps, random_start=False)``.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..layers.lwta import lwta_modules
+
+GRADIENTS = ('model', 'mean', 'max', 'ste', 'eot')
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@contextmanager
+def gradient_surrogate(model: nn.Module, gradient: str) -> Iterator[None]:
+    """Temporarily put every LWTA layer of ``model`` in the state ``gradient`` asks for."""
+    if gradient not in GRADIENTS:
+        raise ValueError(f'gradient must be one of {GRADIENTS}, got {gradient!r}')
+    layers = list(lwta_modules(model))
+    saved = [(m.mode, m.straight_through) for m in layers]
+    for m in layers:
+        if gradient in ('mean', 'max'):
+            m.mode = gradient
+        m.straight_through = gradient == 'ste'
+    try:
+        yield
+    finally:
+        for m, (mode, st) in zip(layers, saved):
+            m.mode, m.straight_through = mode, st
+
+
+def input_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss = F.cross_entropy, eot_samples: int = 1,
+) -> torch.Tensor:
+    """Gradient of the mean loss w.r.t. ``x``, averaged over ``eot_samples`` draws in one batch."""
+    x = x.detach().requires_grad_(True)
+    xs = x.repeat(eot_samples, *([1] * (x.dim() - 1))) if eot_samples > 1 else x
+    ys = y.repeat(eot_samples) if eot_samples > 1 else y
+    loss = loss_fn(model(xs), ys)
+    return torch.autograd.grad(loss, x)[0]
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    step_size: float,
+    steps: int,
+    *,
+    random_start: bool = True,
+    gradient: str = 'model',
+    eot_samples: int = 20,
+    loss_fn: Loss = F.cross_entropy,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """L-inf PGD from ``x`` (in [0, 1]); returns adversarial inputs inside the eps-ball and [0, 1].
+
+    The model is attacked in whatever train/eval state it is in. ``eot_samples`` is used
+    only with ``gradient='eot'``.
+    """
+    if eps < 0 or step_size <= 0 or steps < 1:
+        raise ValueError(f'need eps >= 0, step_size > 0, steps >= 1; got {eps}, {step_size}, {steps}')
+    x = x.detach()
+    delta = torch.zeros_like(x)
+    if random_start:
+        delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
+    x_adv = (x + delta).clamp(0, 1)
+    k = eot_samples if gradient == 'eot' else 1
+    with gradient_surrogate(model, gradient), torch.enable_grad():
+        for _ in range(steps):
+            grad = input_gradient(model, x_adv, y, loss_fn, k)
+            x_adv = x_adv + step_size * grad.sign()
+            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
