@@ -1,5 +1,6 @@
 """The zoo's architectures, registered in timm's registry on import."""
-from ._base import HF_ORG, SampledClassifier
+from ._base import HF_ORG, SampledClassifier, zoo_model_names
 from .small_cnn import SmallCNN
+from .aistats import EcocCNN, EcocEnsemble
 from .vgg_cifar import VGGCifar
 from .wide_resnet import WideResNet
