@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Callable, Dict, Optional, Sequence, Type
 
+import timm
 import torch
 import torch.nn as nn
 from timm.layers import SelectAdaptivePool2d
@@ -62,11 +63,14 @@ class SampledClassifier(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.pre_logits(self.global_pool(x))
+        x = self.global_pool(x)
+        if self.global_pool.is_identity():  # global_pool='': unpooled features, as in timm
+            return x
+        x = self.pre_logits(x)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +97,7 @@ def build(
 ) -> SampledClassifier:
     """timm's ``build_model_with_cfg`` plus the zoo's extras: L samples and KL tracking."""
     check_samples(samples, sample_average)
+    kwargs.setdefault('feature_cfg', dict(out_indices=(0, 1, 2)))
     model = build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
     model.num_samples, model.sample_average = samples, sample_average
     return track_kl(model)
@@ -107,3 +112,8 @@ def cfg(num_classes: int = 10, input_size=(3, 32, 32), pool_size=(8, 8), **kwarg
         'mean': (0.0,) * chans, 'std': (1.0,) * chans,
         'first_conv': 'conv1', 'classifier': 'fc', 'license': 'mit', **kwargs,
     }
+
+
+def zoo_model_names() -> list:
+    """Names of every model this package registered in timm's registry."""
+    return [n for n in timm.list_models() if timm.models.model_entrypoint(n).__module__.startswith('lwta_zoo.')]

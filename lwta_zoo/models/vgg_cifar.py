@@ -55,6 +55,8 @@ class VGGCifar(SampledClassifier):
         return self.features(self.normalize(x))
 
 
+_FEATURES = dict(out_indices=(0, 1, 2, 3, 4), flatten_sequential=True)  # one level per max-pool
+
 default_cfgs = generate_default_cfgs({
     name: cfg(hf_hub_id=f'{HF_ORG}/{name}', pool_size=(1, 1), first_conv='features.0')
     for name in ('vgg16_cifar', 'vgg16_cifar_lwta')})
@@ -63,11 +65,11 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def vgg16_cifar(pretrained: bool = False, **kwargs) -> VGGCifar:
     """VGG-16 (BN) for CIFAR, ReLU."""
-    return build(VGGCifar, 'vgg16_cifar', pretrained, **kwargs)
+    return build(VGGCifar, 'vgg16_cifar', pretrained, feature_cfg=_FEATURES, **kwargs)
 
 
 @register_model
 def vgg16_cifar_lwta(pretrained: bool = False, **kwargs) -> VGGCifar:
     """VGG-16 (BN) for CIFAR with stochastic LWTA (U=2)."""
     kwargs.setdefault('act', 'lwta')
-    return build(VGGCifar, 'vgg16_cifar_lwta', pretrained, **kwargs)
+    return build(VGGCifar, 'vgg16_cifar_lwta', pretrained, feature_cfg=_FEATURES, **kwargs)

@@ -1,0 +1,166 @@
+"""The LWTA layer: competition, sampling distribution, relaxation, KL, modes, bad input."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lwta_zoo import LWTA, kl_divergence, lwta, set_mode
+from lwta_zoo.layers import lwta_kl
+
+
+def _blocks(y: torch.Tensor, U: int) -> torch.Tensor:
+    return y.unflatten(1, (y.shape[1] // U, U))
+
+
+@pytest.mark.parametrize('shape', [(64, 12), (8, 12, 5, 5)])
+@pytest.mark.parametrize('U', [2, 3, 4])
+def test_eval_output_has_exactly_one_winner_per_block(shape, U):
+    x = torch.randn(shape)
+    y = LWTA(U=U).eval()(x)
+    assert y.shape == x.shape
+    nonzero = _blocks(y, U) != 0
+    assert (nonzero.sum(2) == 1).all()
+    # the winner passes its own linear response unchanged
+    assert torch.equal(_blocks(y, U).sum(2), (_blocks(x, U) * nonzero).sum(2))
+
+
+@pytest.mark.parametrize('U', [2, 4])
+def test_winner_frequencies_match_softmax(U):
+    # 40,000 draws of each block; the standard error of a frequency is <= 0.0025, so a
+    # tolerance of 0.012 is about 5 standard errors.
+    h = torch.randn(1, 6 * U) * 1.5
+    draws = 40_000
+    y = LWTA(U=U).eval()(h.expand(draws, -1).contiguous())
+    freq = (_blocks(y, U) != 0).double().mean(0)
+    expected = _blocks(h, U).softmax(2)[0].double()
+    assert (freq - expected).abs().max() < 0.012
+
+
+def test_conv_competition_is_positionwise_among_adjacent_maps():
+    # Channels (0,1) and (2,3) form the blocks: a map can only lose to its neighbour.
+    x = torch.zeros(1, 4, 2, 2)
+    x[:, 0], x[:, 1] = 50.0, -50.0  # block 0: map 0 wins everywhere
+    x[:, 2, 0, 0], x[:, 3, 1, 1] = 50.0, 50.0  # block 1: winner depends on the position
+    y = set_mode(LWTA(), 'max')(x)
+    assert (y[:, 0] == 50).all() and (y[:, 1] == 0).all()
+    assert y[0, 2, 0, 0] == 50 and y[0, 3, 0, 0] == 0 and y[0, 3, 1, 1] == 50 and y[0, 2, 1, 1] == 0
+
+
+def test_training_relaxation_and_gradients():
+    layer = LWTA(tau=0.67).train()
+    x = torch.randn(16, 8, 4, 4, requires_grad=True)
+    y = layer(x)
+    xi = _blocks(y, 2) / _blocks(x, 2)
+    assert torch.allclose(xi.sum(2), torch.ones(()), atol=1e-5)  # soft weights on the simplex
+    assert ((xi > 0) & (xi < 1)).any()  # relaxed, not one-hot
+    (y.sum() + layer.kl).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_hard_straight_through_is_one_hot_forward_with_soft_gradient():
+    layer = LWTA(hard=True).train()
+    x = torch.randn(32, 6, requires_grad=True)
+    y = layer(x)
+    assert ((_blocks(y, 2) != 0).sum(2) == 1).all()
+    y.pow(2).sum().backward()
+    # the loser's response still gets a gradient through the relaxed sample
+    assert (x.grad != 0).float().mean() > 0.9
+
+
+def test_kl_is_finite_nonnegative_and_zero_for_equal_inputs():
+    layer = LWTA(U=4).train()
+    layer(torch.randn(10, 16, 3, 3))
+    assert torch.isfinite(layer.kl) and layer.kl >= 0
+    layer(torch.ones(10, 16, 3, 3))
+    assert layer.kl.abs() < 1e-6
+    # large gaps approach the maximum log U per block
+    layer(torch.tensor([[100.0, 0.0, 0.0, 0.0]]))
+    assert math.isclose(layer.kl.item(), math.log(4), rel_tol=1e-4)
+
+
+def test_kl_matches_categorical_kl_from_torch_distributions():
+    x = torch.randn(5, 6)
+    q = torch.distributions.Categorical(logits=x.view(5, 3, 2))
+    p = torch.distributions.Categorical(probs=torch.full((5, 3, 2), 0.5))
+    expected = torch.distributions.kl_divergence(q, p).sum(1).mean()
+    assert torch.allclose(lwta_kl(x, 2), expected, atol=1e-6)
+
+
+def test_modes_max_and_mean():
+    x = torch.randn(20, 8)
+    hb = _blocks(x, 2)
+    y_max = LWTA(mode='max').eval()(x)
+    assert torch.equal(y_max, (hb * F.one_hot(hb.argmax(2), 2)).flatten(1))
+    y_mean = LWTA(mode='mean').eval()(x)
+    assert torch.allclose(y_mean, (hb * hb.softmax(2)).flatten(1))
+    # the deterministic modes agree between calls; the sampled mode does not
+    layer = LWTA().eval()
+    assert not torch.equal(layer(x), layer(x))
+
+
+def test_eval_tau_reproduces_the_authors_soft_test_time_samples():
+    y = LWTA(eval_tau=0.01).eval()(torch.randn(200, 8))
+    w = _blocks(y, 2)
+    assert ((w != 0).sum(2) == 2).any()  # soft weights: both units non-zero somewhere
+
+
+def test_straight_through_passes_softmax_gradient_in_eval():
+    x = torch.randn(4, 6, requires_grad=True)
+    lwta(x, straight_through=True).sum().backward()
+    assert (x.grad != 0).all()
+
+
+class _ReusesOneReLU(torch.nn.Module):
+    """Like torchvision's ResNet blocks: one activation module called twice per forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.act = torch.nn.Linear(4, 8), torch.nn.Linear(8, 8), torch.nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.fc2(self.act(self.fc1(x))))
+
+
+def test_kl_divergence_covers_every_call_of_a_reused_module_in_one_forward():
+    from lwta_zoo import convert
+    net = convert(_ReusesOneReLU()).train()
+    x = torch.randn(3, 4)
+    torch.manual_seed(1)
+    net(x)
+    kl = kl_divergence(net)
+    torch.manual_seed(1)
+    h1 = net.fc1(x)
+    expected = lwta_kl(h1) + lwta_kl(net.fc2(net.act(h1)))
+    assert torch.allclose(kl, expected)
+    torch.manual_seed(1)
+    net(x)  # the next forward replaces the KL rather than piling up
+    assert torch.allclose(kl_divergence(net), expected)
+
+
+@pytest.mark.parametrize('U', [1, 0, -2, 2.0, True])
+def test_u_below_two_or_not_an_integer_is_rejected(U):
+    with pytest.raises(ValueError, match='U >= 2'):
+        LWTA(U=U)
+
+
+def test_channels_not_divisible_by_u_names_layer_and_numbers():
+    with pytest.raises(ValueError, match=r'10 channels are not divisible by U=4'):
+        LWTA(U=4)(torch.randn(2, 10))
+
+
+def test_bad_mode_and_temperature_are_rejected():
+    with pytest.raises(ValueError, match='mode'):
+        LWTA(mode='argmax')
+    with pytest.raises(ValueError, match='temperature'):
+        LWTA(tau=0)
+    with pytest.raises(ValueError, match=r'\(N, C\)'):
+        LWTA()(torch.randn(4))
+
+
+def test_inplace_argument_is_accepted_like_relu():
+    assert isinstance(LWTA(True), LWTA) and isinstance(LWTA(inplace=True), LWTA)
+    x = torch.randn(3, 4)
+    x0 = x.clone()
+    LWTA(inplace=True).eval()(x)
+    assert torch.equal(x, x0)  # never modifies its input (autograd needs it)
