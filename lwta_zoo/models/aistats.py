@@ -410,6 +410,12 @@ def _create(network: str, dataset: str, pretrained: bool, **kwargs) -> _EcocClas
             kwargs.setdefault(key, value)
     elif tag is None:
         tag = method_tag(kwargs.setdefault('method', DEFAULT_METHOD), kwargs.setdefault('U', DEFAULT_U))
+        if tag not in TAGS:  # e.g. U=8: a valid architecture with no pretrained cfg of its own
+            if pretrained:
+                raise ValueError(f'{name} has no pretrained weights for {tag!r}; tags: {TAGS}')
+            tag = None
+            kwargs['pretrained_cfg_overlay'] = dict(tag=method_tag(kwargs['method'], kwargs['U']), hf_hub_id=None,
+                                                    **(kwargs.get('pretrained_cfg_overlay') or {}))
     model_cls, arch = _arch_kwargs(network, dataset)
     return build(model_cls, name, pretrained, pretrained_cfg=tag, **{**arch, **kwargs})
 
