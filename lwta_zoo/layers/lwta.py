@@ -14,6 +14,11 @@ Modes (see ``MODES``):
   soft relaxation at test time (their code uses 0.01; needed to reproduce their protocol).
 * ``max``: deterministic LWTA-max (the AISTATS paper's baseline): the largest unit wins.
 * ``mean``: the expected output ``h * softmax(h)``, a smooth surrogate for adaptive attacks.
+
+Sampling with U=2 on CPU float32 runs the fused kernels of ``lwta_fast`` (one pass, noise
+from a counter-based generator, backward from a uint8 winner flag or the regenerated
+noise); everything else, and any machine without a C compiler, runs the eager code below,
+which is also the reference the fused path is tested against.
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ from typing import Iterator, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from . import lwta_fast
 
 MODES = ('sample', 'max', 'mean')
 
@@ -40,6 +47,11 @@ def _blocks(x: torch.Tensor, U: int, name: str) -> torch.Tensor:
 def _one_hot_max(scores: torch.Tensor) -> torch.Tensor:
     """One-hot mask of the largest entry along dim 2 (the unit axis)."""
     return torch.zeros_like(scores).scatter_(2, scores.argmax(2, keepdim=True), 1.0)
+
+
+def _fused(x: torch.Tensor, U: int, training: bool, hard: bool, straight_through: bool) -> bool:
+    """Whether sampling this call runs on the fused U=2 kernels (hard and ST samples stay eager)."""
+    return U == 2 and not (hard and training) and not straight_through and lwta_fast.supports(x)
 
 
 def lwta(
@@ -65,6 +77,9 @@ def lwta(
         xi = h.softmax(2)
     elif mode != 'sample':
         raise ValueError(f'{name}: mode must be one of {MODES}, got {mode!r}')
+    elif _fused(x, U, training, hard, straight_through):
+        relaxed_tau = tau if training else eval_tau
+        return lwta_fast.sample(x) if relaxed_tau is None else lwta_fast.relaxed(x, relaxed_tau)[0]
     elif training or eval_tau is not None:
         # Concrete relaxation: softmax((log softmax(h) + g) / tau) == softmax((h + g) / tau).
         gumbel = -torch.empty_like(h).exponential_().log()
@@ -137,10 +152,17 @@ class LWTA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.mode == 'sample':
-            kl = lwta_kl(x, self.U, self.layer_name)
-            self.kl = kl if not (self.accumulate_kl and self.kl is not None) else self.kl + kl
+            if _fused(x, self.U, True, self.hard, self.straight_through):
+                _blocks(x, self.U, self.layer_name)  # the shape checks
+                y, kl = lwta_fast.relaxed(x, self.tau, want_kl=True)
+                self._record_kl(kl)
+                return y
+            self._record_kl(lwta_kl(x, self.U, self.layer_name))
         return lwta(x, self.U, self.mode, self.training, self.tau, self.hard, self.eval_tau, self.layer_name,
                     self.straight_through)
+
+    def _record_kl(self, kl: torch.Tensor) -> None:
+        self.kl = kl if not (self.accumulate_kl and self.kl is not None) else self.kl + kl
 
     def extra_repr(self) -> str:
         extra = f', eval_tau={self.eval_tau}' if self.eval_tau is not None else ''
