@@ -10,6 +10,8 @@ from typing import List, Optional
 # subcommand's arguments and sets ``func`` (called with the parsed namespace).
 COMMANDS = {
     'demo': 'lwta_zoo.demo',
+    'import': 'lwta_zoo.hub',
+    'push': 'lwta_zoo.hub',
 }
 
 

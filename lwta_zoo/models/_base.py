@@ -10,11 +10,13 @@ import torch.nn as nn
 from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg
 
+from ..hub import resolve_pretrained
 from ..layers.lwta import LWTA, track_kl
 from ..sampling import check_samples, sample_average
 
 ACTIVATIONS = ('relu', 'lwta')
 HF_ORG = 'lwta-zoo'  # the Hugging Face organisation that hosts the zoo's weights
+BEHAVIOUR_ARGS = ('act', 'lwta_args', 'method', 'U')  # build arguments that leave no trace in a state_dict
 
 
 def make_act_layer(act: str = 'relu', lwta_args: Optional[Dict[str, Any]] = None) -> Callable[..., nn.Module]:
@@ -95,11 +97,15 @@ def build(
     sample_average: str = 'logits',
     **kwargs,
 ) -> SampledClassifier:
-    """timm's ``build_model_with_cfg`` plus the zoo's extras: L samples and KL tracking."""
+    """timm's ``build_model_with_cfg`` plus the zoo's extras: checked weights, L samples, KL tracking."""
     check_samples(samples, sample_average)
     kwargs.setdefault('feature_cfg', dict(out_indices=(0, 1, 2)))
+    if pretrained:  # a checked local safetensors file: mirror folder, HF cache or Hub (see lwta_zoo.hub)
+        kwargs = resolve_pretrained(variant, kwargs)
     model = build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
     model.num_samples, model.sample_average = samples, sample_average
+    # Weights alone cannot tell these apart: keep them for export (timm.create_model adds the caller's).
+    model._model_args = {k: kwargs[k] for k in BEHAVIOUR_ARGS if k in kwargs}
     return track_kl(model)
 
 

@@ -101,7 +101,13 @@ def _wrn_cfg(name: str, **kwargs) -> Dict[str, Any]:
 _ARCHS = {'wrn34_1': (34, 1), 'wrn34_5': (34, 5), 'wrn34_10': (34, 10), 'wrn28_10': (28, 10)}
 
 default_cfgs = generate_default_cfgs({
-    name + suffix: _wrn_cfg(name + suffix) for name in _ARCHS for suffix in ('', '_lwta')})
+    **{name + suffix: _wrn_cfg(name + suffix) for name in _ARCHS for suffix in ('', '_lwta')},
+    # The WRN paper authors' checkpoint, converted by tools/make_authors_weights.py (lwta_zoo/weights/).
+    'wrn34_1_lwta.authors_pgd': _wrn_cfg(
+        'wrn34_1_lwta.authors_pgd', license='unknown',
+        origin_url='https://github.com/konpanousis/Adversarial-LWTA-AutoAttack',
+        paper_name='Stochastic Local Winner-Takes-All Networks Enable Profound Adversarial Robustness'),
+})
 
 
 def _wrn(name: str, pretrained: bool, **kwargs) -> WideResNet:
@@ -158,3 +164,10 @@ def wrn34_10_lwta(pretrained: bool = False, **kwargs) -> WideResNet:
 def wrn28_10_lwta(pretrained: bool = False, **kwargs) -> WideResNet:
     """WRN-28-10 with stochastic LWTA (U=2)."""
     return _wrn('wrn28_10_lwta', pretrained, **kwargs)
+
+
+@register_model
+def wrn34_1_lwta_cifar10_linf(pretrained: bool = False, **kwargs) -> WideResNet:
+    """wrn34_1_lwta.authors_pgd under RobustBench's name: load_model('wrn34_1_lwta', 'cifar10', 'Linf')."""
+    kwargs['pretrained_cfg'] = kwargs.get('pretrained_cfg') or 'authors_pgd'
+    return _wrn('wrn34_1_lwta', pretrained, **kwargs)

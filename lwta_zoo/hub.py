@@ -1,0 +1,517 @@
+"""Weights that travel: safetensors export, config.json, model cards, Hub push and pull, imports.
+
+An exported folder is timm's layout, so ``timm.create_model('local-dir:FOLDER')`` and
+``'hf-hub:ORG/NAME[@REVISION]'`` read it: ``model.safetensors``, ``config.json`` (architecture,
+num_classes, num_features, model_args, pretrained_cfg) and ``README.md`` (a model card with
+Hugging Face metadata).
+
+``pretrained=True`` on a zoo model (``timm.create_model``, ``torch.hub.load``) finds its weights:
+
+1. where the pretrained_cfg points: a ``local-dir:`` folder or a ``file`` the caller set;
+2. in local mirrors, a folder named after the model (``arch`` or ``arch.tag``) under
+   ``$LWTA_ZOO_WEIGHTS``, then under ``lwta_zoo/weights/`` (the weights this repo ships);
+3. on the Hugging Face Hub at the pretrained_cfg's ``hf_hub_id``, through ``hf_hub_download``,
+   so the HF cache, ``HF_HUB_OFFLINE`` and revisions behave as everywhere else.
+
+Only safetensors are loaded. Third-party ``.pt`` checkpoints are read once, by
+``import_checkpoint`` (``lwta-zoo import``), with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import pickle
+from functools import partial
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+import timm
+import torch
+import torch.nn as nn
+import yaml
+from huggingface_hub import EvalResult, HfApi, ModelCardData, hf_hub_download
+from huggingface_hub.errors import (
+    LocalEntryNotFoundError, OfflineModeIsEnabled, RemoteEntryNotFoundError, RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from timm.models import (
+    clean_state_dict, model_entrypoint, parse_model_name, resolve_pretrained_cfg, split_model_name_tag,
+)
+from timm.models._hub import download_from_hf, hf_split, save_config_for_hf
+from timm.models._pretrained import PretrainedCfg
+
+WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = 'model.safetensors', 'config.json', 'README.md'
+MIRROR_ENV = 'LWTA_ZOO_WEIGHTS'
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / 'weights'
+RECIPES = Path(__file__).resolve().parents[1] / 'recipes'  # in a source checkout
+STATE_DICT_KEYS = ('state_dict', 'model_state_dict', 'model')  # where checkpoints keep their weights
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A model has no weights where ``pretrained=True`` looks for them."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks shared by every way in
+
+
+def _listing(keys: Iterable[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f', ... ({len(keys) - limit} more)' if len(keys) > limit else ''
+    return f'{len(keys)} [' + ', '.join(keys[:limit]) + more + ']'
+
+
+def check_safetensors(path: Union[str, Path]) -> Path:
+    """Return ``path`` if it is a complete safetensors file; refuse anything else unread."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'No weights file {path}')
+    with path.open('rb') as f:
+        head = f.read(4)
+    if head[:1] == b'\x80' or head == b'PK\x03\x04':
+        raise ValueError(
+            f'{path} is a torch/pickle checkpoint named like safetensors; lwta_zoo never unpickles weights. '
+            f'Convert a trusted checkpoint with `lwta-zoo import`.')
+    try:
+        with safe_open(str(path), 'pt') as f:
+            f.keys()
+    except SafetensorError as e:
+        raise ValueError(f'{path} is not a valid safetensors file ({e}); refusing to load it') from e
+    return path
+
+
+def _read_config(path: Path) -> Dict[str, Any]:
+    try:
+        config = json.loads(path.read_text(encoding='utf-8'))
+        arch = config['architecture']
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f'{path} is not a timm model config with an "architecture": {e}') from e
+    _require_zoo_architecture(arch, str(path))
+    return config
+
+
+def check_export(folder: Union[str, Path]) -> Dict[str, Any]:
+    """The config.json of an exported folder, once its architecture and safetensors weights are checked."""
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f'{folder} is not an exported model folder: it has no {CONFIG_FILE}')
+    config = _read_config(folder / CONFIG_FILE)
+    check_safetensors(folder / WEIGHTS_FILE)
+    return config
+
+
+def _require_zoo_architecture(arch: Any, where: str) -> None:
+    """Only the zoo's own builders check weights on the way in; refuse anything else."""
+    from .models import zoo_model_names  # lwta_zoo.models imports this module
+
+    if arch not in zoo_model_names():
+        raise ValueError(f'{where} names architecture {arch!r}, which is not a model of lwta_zoo')
+
+
+def _check_keys(state_dict: Dict[str, torch.Tensor], model: nn.Module, source: Any) -> Dict[str, torch.Tensor]:
+    """Refuse weights whose keys differ from ``model``'s; a timm ``pretrained_filter_fn``."""
+    expected = set(model.state_dict())
+    missing, unexpected = expected - set(state_dict), set(state_dict) - expected
+    if missing or unexpected:
+        arch = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
+        raise ValueError(
+            f'Weights {source} do not fit {arch}: missing keys {_listing(missing)}, '
+            f'unexpected keys {_listing(unexpected)}')
+    return state_dict
+
+
+# ----------------------------------------------------------------------------------------------
+# pretrained=True: where the weights are
+
+
+def _mirrors() -> List[Path]:
+    roots = [SHIPPED_WEIGHTS]
+    env = os.environ.get(MIRROR_ENV)
+    if env:
+        if not Path(env).is_dir():
+            raise NotADirectoryError(f'{MIRROR_ENV}={env} is not a folder')
+        roots.insert(0, Path(env))
+    return roots
+
+
+def _name(cfg: PretrainedCfg) -> str:
+    return f'{cfg.architecture}.{cfg.tag}' if cfg.tag else cfg.architecture
+
+
+def _weights_in_folder(folder: Path, arch: str) -> Path:
+    found = check_export(folder)['architecture']
+    if found != arch:
+        raise ValueError(f'{folder / CONFIG_FILE} names architecture {found!r}, not {arch!r}')
+    return folder / WEIGHTS_FILE
+
+
+def _recipes(arch: str) -> List[str]:
+    """The checkout's recipes that train ``arch``, else the name its recipe would have."""
+    found = []
+    for path in sorted(RECIPES.glob('*.yaml')):
+        model = (yaml.safe_load(path.read_text(encoding='utf-8')) or {}).get('model')
+        if isinstance(model, dict) and model.get('name') == arch:
+            found.append(f'recipes/{path.name}')
+    return found or [f'recipes/{arch}.yaml']
+
+
+def _no_weights(cfg: PretrainedCfg, reason: str) -> MissingWeightsError:
+    name = _name(cfg)
+    others = [n for n in timm.list_pretrained(f'{cfg.architecture}*')
+              if split_model_name_tag(n)[0] == cfg.architecture and n != name]
+    other_tags = f' Other pretrained tags of {cfg.architecture}: {", ".join(others)}.' if others else ''
+    train = ' or '.join(f'`lwta-zoo train {r}`' for r in _recipes(cfg.architecture))
+    return MissingWeightsError(
+        f'No weights for {name}: {reason}. Local mirrors tried first: '
+        f'{", ".join(str(m / name) for m in _mirrors())}. If {name} has no published weights, '
+        f'train them with {train}.{other_tags}')
+
+
+def _download(cfg: PretrainedCfg, cache_dir: Optional[Union[str, Path]]) -> Path:
+    repo_id, revision = hf_split(cfg.hf_hub_id)
+    at = f'{repo_id}/{WEIGHTS_FILE}' + (f'@{revision}' if revision else '')
+    try:
+        return check_safetensors(hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision, cache_dir=cache_dir))
+    except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError) as e:
+        raise _no_weights(cfg, f'it has no published weights (the Hugging Face Hub has no {at})') from e
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+        raise _no_weights(cfg, f'{at} is not in the Hugging Face cache and the Hub cannot be reached') from e
+
+
+def find_weights(cfg: PretrainedCfg, cache_dir: Optional[Union[str, Path]] = None) -> Path:
+    """The checked local safetensors file that a resolved pretrained_cfg points at (see module doc)."""
+    if cfg.source == 'hf-hub':  # timm.create_model('hf-hub:ORG/NAME[@REVISION]')
+        return _download(cfg, cache_dir)
+    if cfg.file:  # a 'local-dir:' folder, or a file or folder the caller set
+        file = Path(cfg.file)
+        return _weights_in_folder(file, cfg.architecture) if file.is_dir() else check_safetensors(file)
+    for root in _mirrors():
+        if (root / _name(cfg)).is_dir():
+            return _weights_in_folder(root / _name(cfg), cfg.architecture)
+    if cfg.hf_hub_id:
+        return _download(cfg, cache_dir)
+    raise _no_weights(cfg, 'its pretrained_cfg names no source')
+
+
+def resolve_pretrained(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """``build_model_with_cfg`` kwargs that load ``variant``'s weights from a checked local file.
+
+    The file goes into the pretrained_cfg overlay (timm then loads it with safetensors), and a
+    filter refuses weights whose keys differ from the model's, listing the missing and unexpected.
+    """
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    file = find_weights(cfg, kwargs.get('cache_dir'))
+    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(file), source=None)
+    return dict(kwargs, pretrained_cfg_overlay=overlay, pretrained_filter_fn=partial(_check_keys, source=file))
+
+
+# ----------------------------------------------------------------------------------------------
+# Export: safetensors + config.json + model card
+
+
+def _structured(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """``metrics`` as {'dataset', 'split', 'dataset_args', 'results': [{'name', 'value', **settings}]}.
+
+    The flat form that ``lwta_zoo.train`` writes is converted: each ``<split>_<what>_acc`` entry is a
+    result, with its example count (``<split>_<what>_n`` or ``<split>_n``), ``samples`` and the
+    settings dict named ``<what>`` (e.g. ``pgd``) as its settings.
+    """
+    if 'results' in metrics:
+        return metrics
+    results, splits = [], set()
+    for key, value in metrics.items():
+        if key.endswith('_acc'):
+            split, _, what = key[:-len('_acc')].partition('_')
+            attack = metrics.get(what) if isinstance(metrics.get(what), dict) else {}
+            settings = {'examples': metrics.get(f'{split}_{what}_n', metrics.get(f'{split}_n')),
+                        'samples': metrics.get('samples'), **attack}
+            results.append({'name': f'{what} accuracy', 'value': value,
+                            **{k: v for k, v in settings.items() if v is not None}})
+            splits.add(split)
+    return {'dataset': metrics.get('dataset'), 'split': splits.pop() if len(splits) == 1 else None,
+            'results': results}
+
+
+def _check_metrics(metrics: Dict[str, Any]) -> None:
+    if not isinstance(metrics.get('dataset'), str) or not metrics.get('results'):
+        raise ValueError("metrics need a 'dataset' (e.g. 'cifar10') and measured results: a list of "
+                         "'results' or flat '<split>_<what>_acc' entries")
+    for r in metrics['results']:
+        value = r.get('value') if isinstance(r, dict) else None
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and isinstance(r.get('name'), str)):
+            raise ValueError(f'every metrics result needs a name and a measured finite value, got {r!r}')
+
+
+def _settings(result: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ('name', 'value', 'type')}
+
+
+def _eval_results(metrics: Dict[str, Any]) -> List[EvalResult]:
+    return [EvalResult(
+        task_type='image-classification', dataset_type=metrics['dataset'],
+        dataset_name=metrics.get('dataset_name', metrics['dataset']), dataset_split=metrics.get('split'),
+        dataset_args=metrics.get('dataset_args'), metric_type=r.get('type', 'accuracy'), metric_name=r['name'],
+        metric_value=r['value'], metric_args=_settings(r) or None,
+    ) for r in metrics['results']]
+
+
+def _block(lang: str, data: Any) -> str:
+    text = json.dumps(data, indent=2) if lang == 'json' else yaml.safe_dump(data, sort_keys=False).rstrip()
+    return f'```{lang}\n{text}\n```'
+
+
+def model_card(config: Dict[str, Any]) -> str:
+    """README.md of an exported folder, generated from its config.json alone: it claims nothing else."""
+    cfg, arch, args = config['pretrained_cfg'], config['architecture'], config.get('model_args', {})
+    name = f"{arch}.{cfg['tag']}" if cfg.get('tag') else arch
+    metrics, recipe, provenance = (config.get(k) for k in ('metrics', 'recipe', 'provenance'))
+    metrics = _structured(metrics) if metrics else None
+    data = ModelCardData(
+        library_name='timm', license=cfg.get('license'), pipeline_tag='image-classification', model_name=name,
+        tags=['image-classification', 'timm', 'lwta_zoo', 'adversarial-robustness']
+        + (['stochastic-lwta'] if args.get('act') == 'lwta' else []),
+        datasets=[metrics['dataset']] if metrics else None,
+        eval_results=_eval_results(metrics) if metrics else None,
+    )
+    about = (model_entrypoint(arch).__doc__ or '').strip()
+    summary = (provenance or {}).get('summary')
+    parts = [f'---\n{data.to_yaml()}\n---', f'# {name}', about] + ([summary] if summary else [])
+    usage = '\n'.join([
+        '```python', 'import timm, lwta_zoo',
+        f"model = timm.create_model('{name}', pretrained=True, samples=1).eval()  # registered weights",
+        "model = lwta_zoo.hub.load_pretrained('FOLDER or hf-hub:ORG/REPO', samples=1).eval()  # this export",
+        '```'])
+    parts += ['## Use', usage, 'In eval mode the model averages the logits of L posterior samples drawn in one batch '
+              f"(the WRN paper's eq. 10). This export predicts with L = {args.get('samples', 1)}; `samples=` or "
+              '`lwta_zoo.set_samples` change it.']
+    parts.append('## Results')
+    if metrics:
+        where = f"Dataset `{metrics['dataset']}`" + (f", split `{metrics['split']}`" if metrics.get('split') else '')
+        rows = [f"| {r['name']} | {r['value']:g} | "
+                + '; '.join(f'{k}={v}' for k, v in _settings(r).items()) + ' |' for r in metrics['results']]
+        parts += [where + (f": {json.dumps(metrics['dataset_args'])}" if metrics.get('dataset_args') else '') + '.',
+                  '| Result | Value | Settings |\n|---|---|---|\n' + '\n'.join(rows)]
+    else:
+        parts.append('No measured results were supplied with this export; none are claimed.')
+    parts += ['## Model arguments', _block('json', args), '## Training recipe',
+              _block('yaml', recipe) if recipe else 'No training recipe was supplied with this export.']
+    details = {k: v for k, v in (provenance or {}).items() if k != 'summary'}
+    if details:
+        parts += ['## Provenance', _block('yaml', details)]
+    paper = [cfg[k] for k in ('paper_name', 'paper_ids', 'origin_url') if cfg.get(k)]
+    if paper:
+        parts += ['## Source', ' · '.join(paper)]
+    return '\n\n'.join(p for p in parts if p) + '\n'
+
+
+def save_pretrained(
+    model: nn.Module,
+    folder: Union[str, Path],
+    *,
+    recipe: Optional[Dict[str, Any]] = None,
+    metrics: Optional[Dict[str, Any]] = None,
+    provenance: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Export a zoo model to ``folder``: model.safetensors, config.json and a README.md model card.
+
+    Args:
+        model: a model built by ``timm.create_model(NAME)`` for a NAME that lwta_zoo registers.
+        recipe: the training recipe, kept in config.json and shown in the card.
+        metrics: measured results only (nothing is filled in here), kept as given in config.json and
+            shown in the card's model-index: ``{'dataset': 'cifar10', 'split': 'test', 'dataset_args':
+            {...}, 'results': [{'name': 'clean accuracy', 'value': 0.848, 'samples': 1, 'seed': 0},
+            {'name': 'robust accuracy', 'value': 0.51, 'attack': 'APGD-CE', 'eps': 8 / 255, 'eot_iter': 20}]}``
+            (a result's keys other than name, value and type ('accuracy') are its settings), or the
+            flat form of ``lwta_zoo.train`` (see ``_structured``).
+        provenance: where the weights come from: 'summary' (markdown for the card) and any
+            JSON-serialisable details.
+    """
+    _require_zoo_architecture(getattr(model, 'pretrained_cfg', {}).get('architecture'),
+                              f'the pretrained_cfg of this {type(model).__name__} (build it with timm.create_model)')
+    if metrics is not None:
+        _check_metrics(_structured(metrics))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / WEIGHTS_FILE,
+              metadata={'format': 'pt'})
+    extras = {k: v for k, v in (('recipe', recipe), ('metrics', metrics), ('provenance', provenance)) if v is not None}
+    # timm.create_model records the build arguments; the sample count is the model's current one.
+    save_config_for_hf(model, folder / CONFIG_FILE, model_config=extras,
+                       model_args={'samples': model.num_samples, 'sample_average': model.sample_average})
+    (folder / CARD_FILE).write_text(model_card(json.loads((folder / CONFIG_FILE).read_text())), encoding='utf-8')
+    return folder
+
+
+def load_pretrained(source: Union[str, Path], **kwargs: Any) -> nn.Module:
+    """A zoo model with its weights, from an exported folder, ``'local-dir:FOLDER'``,
+    ``'hf-hub:ORG/NAME[@REVISION]'`` or a registered name (``'arch'`` or ``'arch.tag'``).
+
+    ``kwargs`` go to ``timm.create_model`` (``samples=L``, ``lwta_args=...``). Weights whose keys
+    differ from the architecture's are refused with the missing and unexpected keys listed.
+    """
+    name = f'local-dir:{source}' if Path(source).is_dir() else str(source)
+    kind, ident = parse_model_name(name)
+    if kind == 'local-dir':
+        check_export(ident)
+    elif kind == 'hf-hub':
+        _read_config(Path(download_from_hf(ident, CONFIG_FILE, cache_dir=kwargs.get('cache_dir'))))
+    else:
+        _require_zoo_architecture(split_model_name_tag(ident)[0], f'{source!r}')
+    return timm.create_model(name, pretrained=True, **kwargs)
+
+
+def push_to_hub(
+    folder_or_model: Union[str, Path, nn.Module],
+    repo_id: str,
+    *,
+    revision: Optional[str] = None,
+    private: Optional[bool] = None,
+    commit_message: str = 'Upload lwta_zoo model',
+    create_pr: bool = False,
+    token: Optional[str] = None,
+    recipe: Optional[Dict[str, Any]] = None,
+    metrics: Optional[Dict[str, Any]] = None,
+):
+    """Upload an exported folder (or export ``model`` first) to the Hugging Face Hub; returns the CommitInfo.
+
+    Creates the repo if needed. Only the exported files are uploaded. The token comes from the
+    usual places (``token``, ``HF_TOKEN``, ``hf auth login``).
+    """
+    if isinstance(folder_or_model, nn.Module):
+        with TemporaryDirectory() as tmp:
+            folder = save_pretrained(folder_or_model, tmp, recipe=recipe, metrics=metrics)
+            return push_to_hub(folder, repo_id, revision=revision, private=private,
+                               commit_message=commit_message, create_pr=create_pr, token=token)
+    folder = Path(folder_or_model)
+    check_export(folder)
+    if not (folder / CARD_FILE).is_file():
+        raise FileNotFoundError(f'{folder} has no {CARD_FILE}: export it with save_pretrained')
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo.repo_id, folder_path=folder, revision=revision, commit_message=commit_message,
+        create_pr=create_pr, allow_patterns=[WEIGHTS_FILE, CONFIG_FILE, CARD_FILE])
+
+
+# ----------------------------------------------------------------------------------------------
+# Import of third-party checkpoints
+
+
+def _native(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Keys already as the zoo's models name them."""
+    return state_dict, {}
+
+
+def _trades(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """TRADES / RobustBench WideResNet: as the zoo's, plus an unused ``sub_block1`` that is dropped."""
+    return {k: v for k, v in state_dict.items() if not k.startswith('sub_block1.')}, {}
+
+
+AUTHORS_ACTIVATIONS = {'lwta1': 'relu1', 'lwta2': 'relu2', 'lwta': 'relu'}
+AUTHORS_TEMPERATURES = (
+    "The authors' code learns one temperature parameter `temp` per LWTA layer (listed under the zoo's "
+    'module names). Their conv LWTA draws its training-time concrete relaxation at softplus(temp) and, at '
+    'test time, the relaxation at temperature 0.01. lwta_zoo follows the paper (fixed tau=0.67 in training, '
+    "exact samples at test time), so these values are kept for reference only; lwta_args={'eval_tau': 0.01} "
+    "reproduces the authors' test-time relaxation.")
+
+
+def _authors_lwta(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """The WRN paper authors' code: TRADES layout, activations lwta1/lwta2/lwta each holding a ``temp``."""
+    weights, temps = {}, {}
+    for key, value in _trades(state_dict)[0].items():
+        *path, leaf = (AUTHORS_ACTIVATIONS.get(p, p) for p in key.split('.'))
+        if leaf == 'temp':
+            temps['.'.join(path)] = value.item()
+        else:
+            weights['.'.join(path + [leaf])] = value
+    return weights, {'learned_temperatures': {'about': AUTHORS_TEMPERATURES, 'temp': temps}}
+
+
+# layout name -> state_dict mapping into the zoo's keys, returning (state_dict, metadata to keep)
+LAYOUTS: Dict[str, Callable[[Dict[str, torch.Tensor]], Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]] = {
+    'native': _native, 'trades': _trades, 'authors-lwta': _authors_lwta,
+}
+
+
+def _read_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """The state_dict of a .pt checkpoint, and its other scalar entries (epoch, ...); nothing executed."""
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = next((line.strip() for line in str(e).splitlines() if 'WeightsUnpickler' in line), str(e))
+        raise ValueError(
+            f'Refusing {path}: it holds more than weights, and loading it would run code ({reason})') from e
+    if isinstance(ckpt, dict):
+        key = next((k for k in STATE_DICT_KEYS if isinstance(ckpt.get(k), dict)), None)
+        state_dict = ckpt[key] if key else ckpt
+        if state_dict and all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+            entries = {k: v for k, v in ckpt.items() if isinstance(v, (bool, int, float, str))} if key else {}
+            return clean_state_dict(state_dict), entries
+    raise ValueError(f'{path} has no state_dict: neither a dict of tensors nor one under {STATE_DICT_KEYS}')
+
+
+def import_checkpoint(
+    checkpoint: Union[str, Path],
+    model_name: str,
+    output: Union[str, Path],
+    *,
+    layout: str = 'native',
+    metrics: Optional[Dict[str, Any]] = None,
+    provenance: Optional[Dict[str, Any]] = None,
+) -> Path:
+    """Convert a third-party .pt checkpoint into an exported folder for a registered zoo model.
+
+    The file is read with ``torch.load(weights_only=True)``; ``layout`` (see ``LAYOUTS``) maps its
+    keys; the result must fit ``model_name`` exactly. The source file's name and sha256, its scalar
+    entries and the layout's metadata are kept in config.json and the model card.
+    """
+    checkpoint = Path(checkpoint)
+    if layout not in LAYOUTS:
+        raise ValueError(f'layout must be one of {sorted(LAYOUTS)}, got {layout!r}')
+    _require_zoo_architecture(split_model_name_tag(model_name)[0], f'model {model_name!r}')
+    state_dict, entries = _read_checkpoint(checkpoint)
+    state_dict, notes = LAYOUTS[layout](state_dict)
+    model = timm.create_model(model_name)
+    model.load_state_dict(_check_keys(state_dict, model, checkpoint))
+    source = {'file': checkpoint.name, 'sha256': hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+              'layout': layout, **({'entries': entries} if entries else {})}
+    return save_pretrained(model, output, metrics=metrics,
+                           provenance={**(provenance or {}), 'checkpoint': source, **notes})
+
+
+# ----------------------------------------------------------------------------------------------
+# lwta-zoo import / lwta-zoo push
+
+
+def configure_import(parser: argparse.ArgumentParser) -> None:
+    """``lwta-zoo import CHECKPOINT --model NAME --output DIR [--layout L]``."""
+    parser.description = 'Convert a .pt checkpoint (read with torch.load(weights_only=True)) to a safetensors folder.'
+    parser.add_argument('checkpoint', type=Path)
+    parser.add_argument('--model', required=True, help="registered model, 'arch' or 'arch.tag'")
+    parser.add_argument('--output', required=True, type=Path, help='folder to write')
+    parser.add_argument('--layout', default='native', choices=sorted(LAYOUTS),
+                        help="key layout of the checkpoint: 'trades' drops TRADES' sub_block1; 'authors-lwta' "
+                             "also renames the WRN paper code's lwta1/lwta2/lwta and keeps their temperatures")
+    parser.set_defaults(func=lambda a: print(import_checkpoint(a.checkpoint, a.model, a.output, layout=a.layout)))
+
+
+def configure_push(parser: argparse.ArgumentParser) -> None:
+    """``lwta-zoo push FOLDER REPO_ID [--revision R] [--private] [--create-pr]``."""
+    parser.description = 'Upload an exported folder to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`).'
+    parser.add_argument('folder', type=Path)
+    parser.add_argument('repo_id')
+    parser.add_argument('--revision', help='branch to push to (default: main)')
+    parser.add_argument('--private', action='store_true', default=None, help='create the repo private')
+    parser.add_argument('--create-pr', action='store_true')
+    parser.add_argument('--commit-message', default='Upload lwta_zoo model')
+    parser.set_defaults(func=lambda a: print(push_to_hub(
+        a.folder, a.repo_id, revision=a.revision, private=a.private, create_pr=a.create_pr,
+        commit_message=a.commit_message).commit_url))

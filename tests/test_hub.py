@@ -1,0 +1,290 @@
+"""Weights that travel: export, load (folder, local-dir:, HF cache offline, torch.hub), push, import, refusals."""
+import argparse
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import httpx2  # huggingface_hub's HTTP client
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import timm
+import torch
+from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.errors import RepositoryNotFoundError
+from huggingface_hub.utils import filter_repo_objects
+from safetensors.torch import load_file
+
+from lwta_zoo import hub
+from lwta_zoo.models.small_cnn import smallcnn_mnist_lwta
+
+ROOT = Path(__file__).resolve().parents[1]
+AUTHORS = ROOT.parent / 'shared/data/authors_wrn34_1_lwta_cifar10_pgd.pt'
+SHIPPED = ROOT / 'lwta_zoo/weights/wrn34_1_lwta.authors_pgd'
+EXPORT_FILES = {'model.safetensors', 'config.json', 'README.md'}
+X = torch.rand(4, 1, 28, 28)
+
+
+def outputs(model, seed=0, x=X):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.fixture
+def model():
+    """A stochastic model with non-default behaviour args, built by the entrypoint (not create_model)."""
+    m = smallcnn_mnist_lwta(lwta_args={'tau': 0.5})
+    m.num_samples = 3
+    return m
+
+
+@pytest.fixture
+def export(model, tmp_path):
+    return hub.save_pretrained(model, tmp_path / 'smallcnn_mnist_lwta')
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE=1 with an empty HF cache (HF_HUB_CACHE) and no local mirror."""
+    cache = tmp_path / 'hf-cache'
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(cache))
+    monkeypatch.setattr(hub, 'SHIPPED_WEIGHTS', tmp_path / 'no-mirror')
+    monkeypatch.delenv(hub.MIRROR_ENV, raising=False)
+    return cache
+
+
+def put_in_cache(cache: Path, repo_id: str, folder: Path, revision: str, main: bool = True) -> None:
+    """Lay ``folder`` out as huggingface_hub's cache does: snapshots/<commit>/..., refs/main."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / 'snapshots' / revision)
+    if main:
+        (repo / 'refs').mkdir(exist_ok=True)
+        (repo / 'refs/main').write_text(revision)
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def test_export_writes_safetensors_timm_config_and_card(model, export):
+    assert {p.name for p in export.iterdir()} == EXPORT_FILES
+    assert set(load_file(export / 'model.safetensors')) == set(model.state_dict())
+    config = json.loads((export / 'config.json').read_text())
+    assert config['architecture'] == 'smallcnn_mnist_lwta'
+    assert config['num_classes'] == 10 and config['num_features'] == model.num_features
+    # recorded at build time although the entrypoint was called directly; L is the model's current one
+    assert config['model_args']['lwta_args'] == {'tau': 0.5} and config['model_args']['samples'] == 3
+    assert config['pretrained_cfg']['input_size'] == [1, 28, 28]
+    card = ModelCard.load(export / 'README.md')
+    assert card.data.library_name == 'timm' and 'stochastic-lwta' in card.data.tags
+    assert not card.data.eval_results and 'none are claimed' in card.text
+
+
+def test_card_model_index_holds_exactly_the_measured_metrics(model, tmp_path):
+    flat = {'test_clean_acc': 0.61, 'test_n': 200, 'test_pgd_acc': 0.32, 'test_pgd_n': 50, 'samples': 3,
+            'pgd': {'eps': 0.1, 'steps': 20}, 'dataset': 'fashion_mnist', 'steps_trained': 7}
+    folder = hub.save_pretrained(model, tmp_path / 'e', recipe={'model': {'name': 'smallcnn_mnist_lwta'}},
+                                 metrics=flat)
+    results = {r.metric_name: r for r in ModelCard.load(folder / 'README.md').data.eval_results}
+    assert {n: r.metric_value for n, r in results.items()} == {'clean accuracy': 0.61, 'pgd accuracy': 0.32}
+    assert results['pgd accuracy'].metric_args == {'examples': 50, 'samples': 3, 'eps': 0.1, 'steps': 20}
+    clean = results['clean accuracy']
+    assert clean.dataset_type == 'fashion_mnist' and clean.dataset_split == 'test'
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['metrics'] == flat and config['recipe'] == {'model': {'name': 'smallcnn_mnist_lwta'}}
+    with pytest.raises(ValueError, match='measured'):
+        hub.save_pretrained(model, tmp_path / 'f', metrics={'dataset': 'x', 'results': [{'name': 'clean'}]})
+
+
+def test_export_refuses_models_the_zoo_cannot_rebuild(tmp_path):
+    with pytest.raises(ValueError, match='not a model of lwta_zoo'):
+        hub.save_pretrained(timm.create_model('resnet18', num_classes=2), tmp_path)
+
+
+# --- load --------------------------------------------------------------------------------------
+
+
+def test_folder_and_local_dir_round_trip_give_identical_outputs(model, export):
+    for loaded in (hub.load_pretrained(export), timm.create_model(f'local-dir:{export}', pretrained=True)):
+        assert loaded.num_samples == 3 and loaded.pretrained_cfg['file'] == str(export / 'model.safetensors')
+        assert torch.equal(outputs(loaded), outputs(model))
+    assert not torch.equal(outputs(model, seed=0), outputs(model, seed=1))  # the equality above is not trivial
+
+
+def test_hf_cache_offline_hf_hub_prefix_revisions_and_registered_name(model, export, offline, tmp_path):
+    old = smallcnn_mnist_lwta(lwta_args={'tau': 0.5})
+    old.num_samples = 3
+    put_in_cache(offline, 'lwta-zoo/smallcnn_mnist_lwta', hub.save_pretrained(old, tmp_path / 'old'), 'a' * 40,
+                 main=False)
+    put_in_cache(offline, 'lwta-zoo/smallcnn_mnist_lwta', export, 'b' * 40)
+    cases = {'hf-hub:lwta-zoo/smallcnn_mnist_lwta': model, f"hf-hub:lwta-zoo/smallcnn_mnist_lwta@{'a' * 40}": old,
+             'smallcnn_mnist_lwta': model}  # a registered name: its pretrained_cfg's hf_hub_id
+    for name, expected in cases.items():
+        loaded = hub.load_pretrained(name, samples=3)
+        assert torch.equal(outputs(loaded), outputs(expected)), name
+    assert not torch.equal(outputs(old), outputs(model))
+
+
+def test_pretrained_tag_resolves_through_the_hf_cache_offline(offline):
+    put_in_cache(offline, 'lwta-zoo/wrn34_1_lwta.authors_pgd', SHIPPED, 'c' * 40)
+    loaded = timm.create_model('wrn34_1_lwta.authors_pgd', pretrained=True)
+    assert 'hf-cache' in loaded.pretrained_cfg['file']
+    expected = load_file(SHIPPED / 'model.safetensors')
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+
+
+def test_torch_hub_local_pretrained_reads_the_mirror_folder(model, export, offline, monkeypatch):
+    monkeypatch.setenv(hub.MIRROR_ENV, str(export.parent))
+    loaded = torch.hub.load(str(ROOT), 'smallcnn_mnist_lwta', source='local', pretrained=True, samples=3)
+    assert loaded.num_samples == 3 and torch.equal(outputs(loaded), outputs(model))
+
+
+def test_torch_hub_and_robustbench_names_load_the_shipped_authors_weights():
+    expected = load_file(SHIPPED / 'model.safetensors')
+    by_hub = torch.hub.load(str(ROOT), 'wrn34_1_lwta', source='local', pretrained=True,
+                            pretrained_cfg='authors_pgd', samples=2)
+    by_robustbench = timm.create_model('wrn34_1_lwta_cifar10_linf', num_classes=10, pretrained=True,
+                                       checkpoint_path='')  # what robustbench.load_model calls
+    for loaded in (by_hub, by_robustbench):
+        assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
+    assert by_hub.num_samples == 2
+
+
+def test_model_without_weights_says_so_and_names_its_recipe(offline, monkeypatch):
+    with pytest.raises(hub.MissingWeightsError, match=r'not in the Hugging Face cache.*recipes/wrn34_10_lwta\.yaml'):
+        timm.create_model('wrn34_10_lwta', pretrained=True)
+
+    def not_on_hub(repo_id, filename, **kwargs):
+        response = httpx2.Response(404, request=httpx2.Request('HEAD', f'https://hf.co/{repo_id}'))
+        raise RepositoryNotFoundError('404', response=response)
+
+    monkeypatch.setattr(hub, 'hf_hub_download', not_on_hub)
+    with pytest.raises(hub.MissingWeightsError, match=r'no published weights.*Other pretrained tags of wrn34_1_lwta: '
+                                                      r'wrn34_1_lwta\.authors_pgd'):
+        timm.create_model('wrn34_1_lwta', pretrained=True)
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this would create ``marker``: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f'open({self.marker!r}, "w").close()',)
+
+
+def test_pickle_disguised_as_safetensors_is_refused_unexecuted(export, tmp_path):
+    marker = tmp_path / 'ran'
+    for write in (lambda f: torch.save({'x': Payload(marker)}, f),
+                  lambda f: f.write_bytes(pickle.dumps(Payload(marker)))):
+        write(export / 'model.safetensors')
+        with pytest.raises(ValueError, match='pickle checkpoint named like safetensors'):
+            hub.load_pretrained(export)
+    assert not marker.exists()
+
+
+def test_truncated_safetensors_is_refused(export):
+    data = (export / 'model.safetensors').read_bytes()
+    (export / 'model.safetensors').write_bytes(data[:len(data) - 100])
+    with pytest.raises(ValueError, match='not a valid safetensors file'):
+        hub.load_pretrained(export)
+
+
+def test_config_naming_another_architecture_is_refused(export, offline, monkeypatch):
+    config = json.loads((export / 'config.json').read_text())
+    (export / 'config.json').write_text(json.dumps({**config, 'architecture': 'smallcnn_mnist'}))
+    monkeypatch.setenv(hub.MIRROR_ENV, str(export.parent))  # the mirror folder of smallcnn_mnist_lwta
+    with pytest.raises(ValueError, match="names architecture 'smallcnn_mnist', not 'smallcnn_mnist_lwta'"):
+        timm.create_model('smallcnn_mnist_lwta', pretrained=True)
+    (export / 'config.json').write_text(json.dumps({**config, 'architecture': 'vgg16_cifar_lwta', 'model_args': {}}))
+    with pytest.raises(ValueError, match=r'do not fit vgg16_cifar_lwta: missing keys \d+ \[.*unexpected keys \d+ \[conv'):
+        hub.load_pretrained(export)
+    (export / 'config.json').write_text(json.dumps({**config, 'architecture': 'resnet18'}))
+    with pytest.raises(ValueError, match="'resnet18', which is not a model of lwta_zoo"):
+        hub.load_pretrained(export)
+
+
+def test_checkpoint_with_code_objects_is_refused_unexecuted(model, tmp_path):
+    marker, pt = tmp_path / 'ran', tmp_path / 'evil.pt'
+    torch.save({'model_state_dict': model.state_dict(), 'extra': Payload(marker)}, pt)
+    with pytest.raises(ValueError, match='loading it would run code'):
+        hub.import_checkpoint(pt, 'smallcnn_mnist_lwta', tmp_path / 'out')
+    assert not marker.exists() and not (tmp_path / 'out').exists()
+
+
+# --- push --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stub_hub(monkeypatch):
+    """HfApi patched at its boundary: record the repo created and the files an upload would send."""
+    sent = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        sent['repo'] = (repo_id, kwargs)
+        return argparse.Namespace(repo_id=repo_id)
+
+    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, **kwargs):
+        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob('*') if p.is_file()]
+        sent['files'] = {f: (Path(folder_path) / f).read_bytes()
+                         for f in filter_repo_objects(files, allow_patterns=allow_patterns)}
+        sent['upload'] = dict(repo_id=repo_id, **kwargs)
+        return argparse.Namespace(commit_url=f'https://hf.co/{repo_id}/commit/1')
+
+    monkeypatch.setattr(HfApi, 'create_repo', create_repo)
+    monkeypatch.setattr(HfApi, 'upload_folder', upload_folder)
+    return sent
+
+
+def test_push_uploads_exactly_the_exported_folder(model, export, stub_hub, capsys):
+    (export / 'pytorch_model.bin').write_bytes(b'stray pickle, never uploaded')
+    parser = argparse.ArgumentParser()
+    hub.configure_push(parser)
+    args = parser.parse_args([str(export), 'me/smallcnn', '--revision', 'v1'])
+    args.func(args)
+    assert capsys.readouterr().out.strip() == 'https://hf.co/me/smallcnn/commit/1'
+    assert stub_hub['repo'][0] == 'me/smallcnn' and stub_hub['upload']['revision'] == 'v1'
+    assert stub_hub['files'] == {f: (export / f).read_bytes() for f in EXPORT_FILES}
+    hub.push_to_hub(model, 'me/direct')  # a model is exported first, to the same files
+    assert set(stub_hub['files']) == EXPORT_FILES
+    assert stub_hub['files']['model.safetensors'] == (export / 'model.safetensors').read_bytes()
+
+
+# --- import ------------------------------------------------------------------------------------
+
+
+needs_authors = pytest.mark.skipif(not AUTHORS.exists(), reason=f'{AUTHORS} not present')
+
+
+@needs_authors
+def test_import_of_the_authors_checkpoint_reproduces_the_shipped_weights(tmp_path):
+    parser = argparse.ArgumentParser()
+    hub.configure_import(parser)
+    args = parser.parse_args([str(AUTHORS), '--model', 'wrn34_1_lwta.authors_pgd', '--output', str(tmp_path / 'w'),
+                              '--layout', 'authors-lwta'])
+    args.func(args)
+    assert (tmp_path / 'w/model.safetensors').read_bytes() == (SHIPPED / 'model.safetensors').read_bytes()
+    provenance = json.loads((tmp_path / 'w/config.json').read_text())['provenance']
+    assert provenance['checkpoint']['entries'] == {'epoch': 100}
+    temps = provenance['learned_temperatures']['temp']
+    assert len(temps) == 31 and temps['block1.layer.0.relu1'] == pytest.approx(1.8398, abs=1e-4)
+    shipped = json.loads((SHIPPED / 'config.json').read_text())
+    assert shipped['provenance']['learned_temperatures'] == provenance['learned_temperatures']
+    with pytest.raises(ValueError, match=r"unexpected keys 31 \[block1\.layer\.0\.lwta1\.temp"):
+        hub.import_checkpoint(AUTHORS, 'wrn34_1_lwta', tmp_path / 'x', layout='trades')
+
+
+def test_shipped_authors_weights_reach_the_published_clean_accuracy():
+    """The paper: 87.0% (L=1, full test set); this JPEG re-encoded 500-image subset costs ~1-3 points."""
+    data = np.load(ROOT / 'lwta_zoo/data/cifar10_test_500.npz')
+    x = torch.from_numpy(data['images']).permute(0, 3, 1, 2).float() / 255
+    model = hub.load_pretrained('wrn34_1_lwta.authors_pgd', samples=1)
+    accuracy = (outputs(model, seed=0, x=x).argmax(1).numpy() == data['labels']).mean()
+    assert 0.82 <= accuracy <= 0.90, accuracy
