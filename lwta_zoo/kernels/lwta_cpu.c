@@ -130,10 +130,10 @@ double lwta2_relaxed(const float *x, float *y, float *d, int64_t R, int64_t S, u
             if (want_kl)                                                        \
                 for (int64_t i = 0; i < (n); i++) {                             \
                     const float di = a[i] - b[i];                               \
-                    /* KL = log 2 + s0*d - softplus(d), s0 = sigmoid(d) */      \
+                    /* KL = log 2 + s0*d - softplus(d), s0 = sigmoid(d), written    \
+                     * with e = exp(-|d|) to avoid cancellation at large |d| */      \
                     const float e = expf(-fabsf(di));                           \
-                    const float s0 = di >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e); \
-                    acc += log2 + s0 * di - (fmaxf(di, 0.0f) + log1pf(e));      \
+                    acc += log2 - e / (1.0f + e) * fabsf(di) - log1pf(e);      \
                 }                                                               \
         }
         FOR_RUNS(S, j0, j1, RELAXED_RUN)
