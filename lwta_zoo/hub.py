@@ -76,7 +76,7 @@ def check_safetensors(path: Union[str, Path]) -> Path:
         head = f.read(4)
     if head[:1] == b'\x80' or head == b'PK\x03\x04':
         raise ValueError(
-            f'{path} is a torch/pickle checkpoint named like safetensors; lwta_zoo never unpickles weights. '
+            f'{path} is a torch/pickle checkpoint, not safetensors; lwta_zoo never unpickles weights. '
             f'Convert a trusted checkpoint with `lwta-zoo import`.')
     try:
         with safe_open(str(path), 'pt') as f:
