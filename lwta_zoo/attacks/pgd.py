@@ -66,11 +66,12 @@ def pgd(
     eot_samples: int = 20,
     loss_fn: Loss = F.cross_entropy,
     generator: Optional[torch.Generator] = None,
+    callback: Optional[Callable[[torch.Tensor], None]] = None,
 ) -> torch.Tensor:
     """L-inf PGD from ``x`` (in [0, 1]); returns adversarial inputs inside the eps-ball and [0, 1].
 
     The model is attacked in whatever train/eval state it is in. ``eot_samples`` is used
-    only with ``gradient='eot'``.
+    only with ``gradient='eot'``. ``callback`` sees the detached iterate after every step.
     """
     if eps < 0 or step_size <= 0 or steps < 1:
         raise ValueError(f'need eps >= 0, step_size > 0, steps >= 1; got {eps}, {step_size}, {steps}')
@@ -85,4 +86,6 @@ def pgd(
             grad = input_gradient(model, x_adv, y, loss_fn, k)
             x_adv = x_adv + step_size * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+            if callback is not None:
+                callback(x_adv.detach())
     return x_adv.detach()

@@ -1,0 +1,112 @@
+"""``lwta-zoo eval MODEL_OR_FOLDER --data NPZ --n N --output DIR``: run the suite, write the report.
+
+MODEL_OR_FOLDER is anything ``lwta_zoo.hub.load_pretrained`` reads (an exported folder,
+``hf-hub:ORG/NAME``, ``arch.tag``). Run under ``torchrun --nproc_per_node=K`` to shard the
+examples over K processes (gloo).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from . import plots
+from .suite import PRESETS, evaluate, select, suite
+
+
+def load_model(spec: str, samples: Optional[int] = None, eval_tau: Optional[float] = None) -> nn.Module:
+    """A zoo model with its weights (``lwta_zoo.hub.load_pretrained``: a folder, ``hf-hub:``, ``arch.tag``).
+
+    ``samples`` sets L; ``eval_tau`` switches test-time sampling to the authors' soft relaxation.
+    """
+    from ..hub import load_pretrained
+    kwargs: Dict[str, Any] = {} if samples is None else {'samples': samples}
+    if eval_tau is not None:
+        kwargs['lwta_args'] = {'eval_tau': eval_tau}
+    return load_pretrained(spec, **kwargs).eval()
+
+
+def read_npz(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``images`` (uint8 N x H x W x C) and ``labels`` of an .npz, as uint8 NCHW and int64 tensors."""
+    with np.load(path) as d:
+        missing = {'images', 'labels'} - set(d.files)
+        if missing:
+            raise KeyError(f'{path} lacks {sorted(missing)} (has {d.files})')
+        images, labels = d['images'], d['labels']
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f'{path}: images must be uint8 N x H x W x C, got {images.dtype} {images.shape}')
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_data(spec: str, n: Optional[int] = None, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs in [0, 1], labels and dataset indices of ``n`` test examples (``lwta_zoo.data.subset``'s
+    seeded choice) from an .npz or a dataset name known to ``lwta_zoo.data``."""
+    from ..data import load_arrays, subset
+    images, labels = read_npz(spec) if spec.endswith('.npz') else load_arrays(spec, 'test')
+    images, index = subset((images, torch.arange(len(labels))), n, seed)
+    return images.float().div(255), labels[index], index
+
+
+def configure_eval(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``lwta-zoo eval``."""
+    parser.description = __doc__
+    parser.add_argument('model', help="exported folder, 'hf-hub:ORG/NAME' or 'arch.tag'")
+    parser.add_argument('--data', required=True, help='.npz with images (uint8 NHWC) and labels, or a dataset name')
+    parser.add_argument('--n', type=int, default=None, help='N test examples, a seeded random subset (default: all)')
+    parser.add_argument('--output', required=True, help='folder for report.json, report.md and figures')
+    parser.add_argument('--dataset', choices=sorted(PRESETS), default=None,
+                        help='attack budgets (default: mnist for 1-channel inputs, else cifar10)')
+    parser.add_argument('--attacks', default=None, help='comma-separated subset of the suite (default: all)')
+    parser.add_argument('--samples', type=int, default=None, help="L samples a prediction (default: the model's)")
+    parser.add_argument('--eval-tau', type=float, default=None,
+                        help="test-time relaxation temperature (the authors' protocol: 0.01; default: exact samples)")
+    parser.add_argument('--repeats', type=int, default=5, help='R fresh predictions per adversarial input')
+    parser.add_argument('--twin', default=None, help='deterministic ReLU twin: transfer attack and Fig. 3')
+    parser.add_argument('--eot-samples', type=int, default=20)
+    parser.add_argument('--adaptive-steps', type=int, default=50)
+    parser.add_argument('--cw-steps', type=int, default=1000, help='CW iterations per binary-search step')
+    parser.add_argument('--cw-binary-steps', type=int, default=10)
+    parser.add_argument('--eps-sweep', default='', help='extra eps in 1/255, e.g. 2,4,16 (for the eps plot)')
+    parser.add_argument('--random-inputs', type=int, default=1000, help='uniform-noise images (0: no Random attack)')
+    parser.add_argument('--batch-size', type=int, default=100)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--resume', action='store_true', help='continue from DIR/partial')
+    parser.add_argument('--no-figures', action='store_true')
+    parser.add_argument('--no-progress', action='store_true')
+    parser.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Load the model and data, run the suite, write the report (and figures) to ``args.output``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available() else None
+    model = load_model(args.model, args.samples, args.eval_tau).to(device or 'cpu')
+    twin = load_model(args.twin).to(device or 'cpu') if args.twin else None
+    x, y, index = load_data(args.data, args.n, args.seed)
+    dataset = args.dataset or ('mnist' if x.shape[1] == 1 else 'cifar10')
+    eps_sweep = [float(e) / 255 for e in args.eps_sweep.split(',') if e]
+    attacks = suite(dataset, eot_samples=args.eot_samples, adaptive_steps=args.adaptive_steps,
+                    cw_steps=args.cw_steps, cw_binary_steps=args.cw_binary_steps, eps_sweep=eps_sweep,
+                    twin=twin, twin_name=args.twin or '')
+    attacks = select(attacks, args.attacks.split(',') if args.attacks else None)
+    report = evaluate(model, x, y, attacks, repeats=args.repeats, batch_size=args.batch_size, seed=args.seed,
+                      random_inputs=args.random_inputs, output=args.output, resume=args.resume,
+                      progress=not args.no_progress,
+                      meta={'model': args.model, 'eval_tau': args.eval_tau, 'data': args.data,
+                            'indices': index.tolist(), 'dataset_budgets': dataset, 'twin': args.twin})
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        if not args.no_figures:
+            plots.make_figures(report, model, x, y, args.output, PRESETS[dataset]['eps'], twin)
+        print((Path(args.output) / 'report.md').read_text())
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0

@@ -1,0 +1,176 @@
+"""The evaluation suite: attack strength, EoT, surrogates on foreign models, report invariants, scale-out."""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lwta_zoo
+from lwta_zoo.attacks import input_gradient, pgd
+from lwta_zoo.attacks.autoattack import apgd
+from lwta_zoo.attacks.command import configure_eval, load_data, load_model
+from lwta_zoo.attacks.suite import evaluate, pgd_attack, select, suite
+from lwta_zoo.hub import save_pretrained
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _task(n: int, seed: int) -> tuple:
+    """An easy 4-class task on 1x8x8 images: a fixed template per class plus noise, in [0, 1]."""
+    templates = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.6 + 0.2
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    return (templates[y] + 0.1 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1), y
+
+
+@pytest.fixture(scope='module')
+def relu_model() -> nn.Module:
+    """A small ReLU CNN trained on ``_task`` in about a second."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    x, y = _task(256, 1)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(80):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def test_pgd_breaks_a_relu_model_inside_the_ball(relu_model):
+    x, y = _task(200, 2)
+    assert (relu_model(x).argmax(1) == y).float().mean() > 0.95
+    eps = 0.5
+    x_adv = pgd(relu_model, x, y, eps, 0.05, 40, generator=torch.Generator().manual_seed(0))
+    assert (relu_model(x_adv).argmax(1) == y).float().mean() < 0.05
+    assert (x_adv - x).abs().max() <= eps + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_pgd_is_as_strong_as_apgd_ce_at_the_same_budget(relu_model):
+    x, y = _task(200, 3)
+    eps, steps = 0.05, 50
+    torch.manual_seed(0)
+    ours = (relu_model(pgd(relu_model, x, y, eps, 2.5 * eps / steps, steps)).argmax(1) == y).float().mean()
+    theirs = (relu_model(apgd(relu_model, x, y, eps=eps, steps=steps)).argmax(1) == y).float().mean()
+    assert 0.02 < theirs < 0.98, 'eps must leave APGD something to do'
+    assert ours <= theirs + 0.05  # "within noise": 10 of 200 examples
+
+
+def test_batched_eot_has_the_expected_gradient_of_single_samples(relu_model):
+    """The batched EoT gradient over K draws and the mean of K single-draw gradients estimate one
+    expectation: their difference, in units of its standard error, is ~N(0, 1) per coordinate."""
+    model = lwta_zoo.convert(copy.deepcopy(relu_model)).eval()
+    x, y = _task(2, 4)
+    K = 200
+    torch.manual_seed(0)
+    batched = input_gradient(model, x, y, eot_samples=K)
+    singles = torch.stack([input_gradient(model, x, y) for _ in range(K)])
+    looped = singles.mean(0)
+    se = singles.std(0) * (2 / K) ** 0.5
+    z = ((batched - looped) / se)[se > 0]
+    assert z.numel() > 50
+    assert z.pow(2).mean() < 1.5  # chi-square / d: 1 expected; a wrong mean or scale gives >> 1
+    assert not torch.allclose(singles[0], singles[1]), 'the converted model must be stochastic'
+
+
+def test_surrogate_attacks_run_on_a_converted_timm_model():
+    model = lwta_zoo.convert(timm.create_model('resnet10t', num_classes=4)).eval()
+    x, y = torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    for attack in select(suite(eot_samples=2, adaptive_steps=2), ['eot_pgd', 'pgd_mean', 'pgd_max', 'pgd_ste']):
+        torch.manual_seed(0)
+        x_adv = attack.run(model, x, y, 0)
+        assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+        assert (x_adv != x).any(), attack.name
+    with lwta_zoo.attacks.gradient_surrogate(model, 'mean'):
+        clean = F.cross_entropy(model(x), y)
+        x_adv = apgd(model, x, y, eps=8 / 255, steps=5, gradient='mean')
+        assert F.cross_entropy(model(x_adv), y) > clean
+
+
+def test_report_worst_case_is_below_every_attack_and_deterministic(relu_model, tmp_path):
+    model = lwta_zoo.convert(copy.deepcopy(relu_model)).eval()
+    x, y = _task(24, 5)
+    attacks = [pgd_attack('weak', 'adaptive', eps=0.03, step_size=0.01, steps=3),
+               pgd_attack('mean', 'adaptive', eps=0.1, step_size=0.02, steps=10, gradient='mean'),
+               *select(suite(cw_steps=20, cw_binary_steps=2), ['aistats_cw'])]
+    report = evaluate(model, x, y, attacks, repeats=3, batch_size=12, random_inputs=50, output=tmp_path,
+                      progress=False)
+    on_disk = json.loads((tmp_path / 'report.json').read_text())
+    assert on_disk['robust_accuracy'] == report['robust_accuracy']
+    assert set(report['attacks']) == {'weak', 'mean', 'aistats_cw'}
+    for acc in [report['clean_accuracy'], *report['robust_accuracy'].values()]:
+        assert report['worst_case_accuracy'] <= acc
+    assert report['worst_case_accuracy_all'] <= report['worst_case_accuracy']
+    assert report['robust_accuracy']['aistats_cw'] < report['clean_accuracy'], 'CW is unbounded: it must succeed'
+    assert 0 <= report['random_attack']['low_confidence_fraction'] <= 1
+    assert '| **worst case**' in (tmp_path / 'report.md').read_text()
+    again = evaluate(model, x, y, attacks, repeats=3, batch_size=12, random_inputs=50, progress=False)
+    assert again['per_example'] == report['per_example']
+
+
+def test_resume_reuses_finished_batches(relu_model, tmp_path):
+    model = lwta_zoo.convert(copy.deepcopy(relu_model)).eval()
+    x, y = _task(20, 6)
+    a = pgd_attack('a', 'adaptive', eps=0.05, step_size=0.01, steps=5)
+    b = pgd_attack('b', 'adaptive', eps=0.1, step_size=0.02, steps=5, gradient='max')
+    first = evaluate(model, x, y, [a], repeats=3, batch_size=8, random_inputs=0, output=tmp_path, progress=False)
+    full = evaluate(model, x, y, [a, b], repeats=3, batch_size=8, random_inputs=0, output=tmp_path, resume=True,
+                    progress=False)
+    assert full['attacks']['a']['time_s'] == first['attacks']['a']['time_s']  # not run again
+    fresh = evaluate(model, x, y, [a, b], repeats=3, batch_size=8, random_inputs=0, progress=False)
+    assert fresh['per_example'] == full['per_example']
+    with pytest.raises(ValueError, match='other settings'):
+        evaluate(model, x, y, [a], repeats=5, batch_size=8, random_inputs=0, output=tmp_path, resume=True,
+                 progress=False)
+
+
+def test_cli_sharded_over_two_gloo_processes_matches_one_process(tmp_path):
+    torch.manual_seed(0)
+    save_pretrained(timm.create_model('smallcnn_mnist_lwta'), tmp_path / 'model')
+    model = load_model(str(tmp_path / 'model'))
+    images = np.random.default_rng(0).integers(0, 256, (12, 28, 28, 1), dtype=np.uint8)
+    with torch.no_grad():
+        labels = model(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).argmax(1).numpy()
+    np.savez(tmp_path / 'data.npz', images=images, labels=labels)
+    x, y, index = load_data(str(tmp_path / 'data.npz'), 5)
+    assert x.shape == (5, 1, 28, 28) and (y == torch.from_numpy(labels)[index]).all()
+    args = [str(tmp_path / 'model'), '--data', str(tmp_path / 'data.npz'), '--attacks', 'pgd20,eot_pgd',
+            '--eot-samples', '2', '--adaptive-steps', '3', '--batch-size', '6', '--random-inputs', '20',
+            '--threads', '1', '--no-progress']
+    parser = argparse.ArgumentParser()
+    configure_eval(parser)
+    one = parser.parse_args(args + ['--output', str(tmp_path / 'one')])
+    assert one.func(one) == 0
+    script = tmp_path / 'eval.py'  # `lwta-zoo eval` without the other subcommands' imports
+    script.write_text('import argparse, sys\nfrom lwta_zoo.attacks.command import configure_eval\n'
+                      'p = argparse.ArgumentParser(); configure_eval(p); a = p.parse_args()\nsys.exit(a.func(a))\n')
+    subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29533',
+                    str(script), *args, '--output', str(tmp_path / 'two'), '--no-figures'],
+                   check=True, cwd=REPO, capture_output=True, timeout=120)
+    reports = {name: json.loads((tmp_path / name / 'report.json').read_text()) for name in ('one', 'two')}
+    assert reports['two']['world_size'] == 2 and reports['one']['world_size'] == 1
+    assert reports['two']['per_example'] == reports['one']['per_example']
+    assert reports['two']['robust_accuracy'] == reports['one']['robust_accuracy']
+    assert {p.name for p in (tmp_path / 'one').glob('*.png')} == {
+        'robust_vs_eps.png', 'winner_probabilities.png', 'logit_trajectories.png'}
