@@ -10,6 +10,7 @@ from typing import List, Optional
 # subcommand's arguments and sets ``func`` (called with the parsed namespace).
 COMMANDS = {
     'demo': 'lwta_zoo.demo',
+    'train': 'lwta_zoo.train',
     'eval': 'lwta_zoo.attacks.command',
     'import': 'lwta_zoo.hub',
     'push': 'lwta_zoo.hub',

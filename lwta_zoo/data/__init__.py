@@ -1,0 +1,272 @@
+"""Datasets for training and evaluation: CIFAR-10, MNIST and Fashion-MNIST as [0, 1] tensors.
+
+Every source is read into one uint8 tensor of images (N, C, H, W) and one int64 tensor of
+labels, wrapped in :class:`ImageDataset`. Where a split comes from, first hit wins:
+
+1. local files in ``root`` (the recipe's ``data.root`` / ``--data-dir``), then in
+   ``$LWTA_ZOO_DATA`` (default ``~/.cache/lwta_zoo/datasets``), each searched as given and
+   with the dataset's name appended:
+
+   * ``{split}.npz`` or ``{name}_{split}*.npz`` holding ``images`` (uint8 NHWC or NCHW)
+     and ``labels`` (any dataset);
+   * CIFAR python batches (``cifar-10-batches-py/``) or an image folder
+     (``{split}/<class>/*.png``) for CIFAR-10;
+   * IDX files (``train-images-idx3-ubyte[.gz]`` ...) for MNIST-like sets, also under
+     Debian's ``/usr/share/datasets/<name>`` (``apt-get install dataset-fashion-mnist``);
+
+2. downloads, if allowed: Hugging Face ``datasets`` (CIFAR-10: ``uoft-cs/cifar10``),
+   then torchvision into ``$LWTA_ZOO_DATA``.
+
+If nothing works, one :class:`DatasetNotFound` error lists every place tried and how to
+get the data.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import datasets as tv_datasets
+from torchvision.datasets.utils import extract_archive
+from torchvision.transforms import v2
+
+SPLITS = ('train', 'test')
+ENV_VAR = 'LWTA_ZOO_DATA'
+SHIPPED_CIFAR10_TEST = Path(__file__).with_name('cifar10_test_500.npz')
+
+Arrays = Tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the loader needs to know about a dataset."""
+
+    num_classes: int
+    shape: Tuple[int, int, int]  # (C, H, W)
+    torchvision_cls: Type[tv_datasets.VisionDataset]
+    hf_id: Optional[str] = None  # Hugging Face dataset id (image column, label column below)
+    hf_columns: Tuple[str, str] = ('img', 'label')
+    idx_dirs: Tuple[str, ...] = ()  # system folders that may hold IDX files
+    how_to_get: str = ''
+
+
+DATASETS: Dict[str, DatasetInfo] = {
+    'cifar10': DatasetInfo(
+        10, (3, 32, 32), tv_datasets.CIFAR10, hf_id='uoft-cs/cifar10',
+        how_to_get='allow downloads (data.download=true) with network access, or put cifar-10-batches-py/ '
+                   '(https://www.cs.toronto.edu/~kriz/cifar.html) or {split}.npz in --data-dir'),
+    'mnist': DatasetInfo(
+        10, (1, 28, 28), tv_datasets.MNIST, idx_dirs=('/usr/share/datasets/mnist',),
+        how_to_get='allow downloads (data.download=true) with network access, or put the IDX files '
+                   '(train-images-idx3-ubyte.gz ...) in --data-dir'),
+    'fashion_mnist': DatasetInfo(
+        10, (1, 28, 28), tv_datasets.FashionMNIST, idx_dirs=('/usr/share/datasets/fashion-mnist',),
+        how_to_get='`apt-get install dataset-fashion-mnist` (Debian/Ubuntu, as root), allow downloads '
+                   '(data.download=true) with network access, or put the IDX files in --data-dir'),
+}
+
+
+class DatasetNotFound(FileNotFoundError):
+    """No source could provide a dataset split; the message lists where we looked."""
+
+
+def data_home() -> Path:
+    """Where datasets are looked up and downloaded to: ``$LWTA_ZOO_DATA`` or ``~/.cache/lwta_zoo/datasets``."""
+    return Path(os.environ.get(ENV_VAR) or '~/.cache/lwta_zoo/datasets').expanduser()
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``name``, or an error listing the known datasets."""
+    if name not in DATASETS:
+        raise ValueError(f'unknown dataset {name!r}; known: {sorted(DATASETS)}')
+    return DATASETS[name]
+
+
+# --------------------------------------------------------------------------- local files
+
+def _from_npz(path: Path, info: DatasetInfo) -> Arrays:
+    with np.load(path) as f:
+        if 'images' not in f or 'labels' not in f:
+            raise ValueError(f'{path}: expected arrays "images" and "labels", found {list(f.keys())}')
+        images, labels = torch.from_numpy(f['images']), torch.from_numpy(f['labels']).long()
+    if images.dtype != torch.uint8 or images.dim() not in (3, 4):
+        raise ValueError(f'{path}: images must be uint8 (N, H, W[, C]) or (N, C, H, W), '
+                         f'got {images.dtype} {tuple(images.shape)}')
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    elif images.shape[-1] == info.shape[0] and images.shape[1] != info.shape[0]:
+        images = images.permute(0, 3, 1, 2)
+    return images.contiguous(), labels
+
+
+def _from_torchvision(ds: tv_datasets.VisionDataset) -> Arrays:
+    """Images and labels held in memory by torchvision's CIFAR10 / MNIST-family datasets."""
+    images = torch.as_tensor(ds.data)
+    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+    return images.contiguous(), torch.as_tensor(ds.targets).long()
+
+
+def _from_image_folder(folder: Path) -> Arrays:
+    ds = tv_datasets.ImageFolder(str(folder), loader=tv_datasets.folder.default_loader)
+    to_tensor = v2.PILToTensor()
+    images = torch.stack([to_tensor(ds.loader(path)) for path, _ in ds.samples])
+    return images, torch.tensor(ds.targets).long()
+
+
+def _idx_files(folder: Path) -> Optional[List[Path]]:
+    """The four IDX files (train/t10k images/labels, raw or .gz) in ``folder``, if all exist."""
+    found = []
+    for prefix in ('train', 't10k'):
+        for kind in ('images-idx3', 'labels-idx1'):
+            stem = folder / f'{prefix}-{kind}-ubyte'
+            hit = next((p for p in (stem, stem.with_name(stem.name + '.gz')) if p.is_file()), None)
+            if hit is None:
+                return None
+            found.append(hit)
+    return found
+
+
+def _from_idx(files: Sequence[Path], info: DatasetInfo, split: str) -> Arrays:
+    """Read IDX files with torchvision, first placing them (decompressed) in its folder layout."""
+    raw = data_home() / info.torchvision_cls.__name__ / 'raw'
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        target = raw / f.name.removesuffix('.gz')
+        if not target.is_file():
+            if f.suffix == '.gz':
+                extract_archive(str(f), str(raw))
+            else:
+                target.symlink_to(f.resolve())
+    return _from_torchvision(info.torchvision_cls(str(data_home()), train=split == 'train'))
+
+
+def _search_dirs(name: str, info: DatasetInfo, root: Optional[Path]) -> List[Path]:
+    bases = [p for p in (root, data_home()) if p is not None]
+    dirs = [d for b in bases for d in (b, b / name)]
+    dirs += [data_home() / info.torchvision_cls.__name__ / 'raw'] + [Path(d) for d in info.idx_dirs]
+    return list(dict.fromkeys(dirs))
+
+
+def _local(name: str, info: DatasetInfo, split: str, folder: Path) -> Optional[Arrays]:
+    """The split from files in ``folder``, or None if the folder holds none of its formats."""
+    npz = folder / f'{split}.npz'
+    candidates = [npz] if npz.is_file() else sorted(folder.glob(f'{name}_{split}*.npz'))
+    if candidates:
+        return _from_npz(candidates[0], info)
+    if name == 'cifar10' and (folder / 'cifar-10-batches-py').is_dir():
+        return _from_torchvision(tv_datasets.CIFAR10(str(folder), train=split == 'train'))
+    if name == 'cifar10' and (folder / split).is_dir():
+        return _from_image_folder(folder / split)
+    files = _idx_files(folder) if info.shape[0] == 1 else None
+    return _from_idx(files, info, split) if files else None
+
+
+# --------------------------------------------------------------------------- downloads
+
+def _from_hf(info: DatasetInfo, split: str) -> Arrays:
+    import datasets as hf_datasets
+
+    ds = hf_datasets.load_dataset(info.hf_id, split=split).with_format('numpy')
+    image_col, label_col = info.hf_columns
+    images = torch.from_numpy(np.stack(ds[image_col]))
+    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+    return images.contiguous(), torch.from_numpy(np.asarray(ds[label_col])).long()
+
+
+def _download(info: DatasetInfo, split: str) -> Arrays:
+    return _from_torchvision(info.torchvision_cls(str(data_home()), train=split == 'train', download=True))
+
+
+def load_arrays(name: str, split: str, root: Optional[os.PathLike] = None, download: bool = True) -> Arrays:
+    """Images (uint8, N x C x H x W) and labels (int64) of ``split`` from the first source that has them."""
+    info = dataset_info(name)
+    if split not in SPLITS:
+        raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+    root = Path(root).expanduser() if root is not None else None
+    tried = []
+    for folder in _search_dirs(name, info, root):
+        found = _local(name, info, split, folder) if folder.is_dir() else None
+        if found is not None:
+            return _checked(found, name, info, f'{folder}')
+        tried.append(f'local files in {folder}')
+    sources: List[Tuple[str, Callable[[], Arrays]]] = []
+    if download and info.hf_id:
+        sources.append((f'Hugging Face datasets {info.hf_id!r}', lambda: _from_hf(info, split)))
+    if download:
+        sources.append((f'torchvision download into {data_home()}', lambda: _download(info, split)))
+    for where, load in sources:
+        try:
+            return _checked(load(), name, info, where)
+        except Exception as e:  # any failure of a download source: try the next one
+            tried.append(f'{where} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ""})')
+    if not download:
+        tried.append('downloads (disabled: data.download=false)')
+    raise DatasetNotFound(
+        f'{name} {split} split not found. Looked in:\n  - ' + '\n  - '.join(tried)
+        + f'\nTo get it: {info.how_to_get.format(split=split)}; or set ${ENV_VAR}.')
+
+
+def _checked(arrays: Arrays, name: str, info: DatasetInfo, where: str) -> Arrays:
+    images, labels = arrays
+    if tuple(images.shape[1:]) != info.shape or len(images) != len(labels):
+        raise ValueError(f'{name} from {where}: expected images (N, {", ".join(map(str, info.shape))}) and N '
+                         f'labels, got {tuple(images.shape)} and {len(labels)}')
+    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < info.num_classes):
+        raise ValueError(f'{name} from {where}: labels outside [0, {info.num_classes})')
+    return images, labels
+
+
+# --------------------------------------------------------------------------- torch datasets
+
+def augmentation(name: str) -> Optional[v2.Transform]:
+    """Standard augmentation on uint8 images: CIFAR's random crop (padding 4) + horizontal flip."""
+    if name == 'cifar10':
+        return v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()])
+    return None
+
+
+class ImageDataset(Dataset):
+    """uint8 images held in memory, returned as float [0, 1] tensors with optional augmentation.
+
+    Augmentation draws from a generator seeded by (seed, epoch, index), so that a sample's
+    augmentation does not depend on workers, ranks or where a resumed run restarted.
+    Call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Optional[v2.Transform] = None,
+                 seed: int = 0):
+        self.images, self.labels, self.transform, self.seed, self.epoch = images, labels, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[i]
+        if self.transform is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + int(i))
+                x = self.transform(x)
+        return x.float().div_(255), self.labels[i]
+
+
+def subset(arrays: Arrays, n: Optional[int], seed: int = 0) -> Arrays:
+    """A class-agnostic random subset of ``n`` examples (all if ``n`` is None), fixed by ``seed``."""
+    images, labels = arrays
+    if n is None or n >= len(labels):
+        return arrays
+    keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return images[keep], labels[keep]
+
+
+def load_dataset(name: str, split: str, root: Optional[os.PathLike] = None, *, augment: bool = False,
+                 limit: Optional[int] = None, seed: int = 0, download: bool = True) -> ImageDataset:
+    """``split`` of dataset ``name`` as an :class:`ImageDataset` (inputs in [0, 1])."""
+    images, labels = subset(load_arrays(name, split, root, download), limit, seed)
+    return ImageDataset(images, labels, augmentation(name) if augment else None, seed)

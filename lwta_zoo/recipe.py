@@ -1,0 +1,272 @@
+"""Training recipes: a YAML file checked against a typed schema before any work starts.
+
+A recipe has the sections below; every key has a default except ``model.name`` and
+``data.name``. Unknown keys, wrong types and unknown choices are errors that name the key.
+Floats may be written as fractions (``eps: 8/255``). ``key=value`` overrides use dotted
+paths (``train.epochs=2``, ``model.args.lwta_args.U=4``); values are parsed as YAML.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
+
+import timm
+import yaml
+
+from . import data
+from .attacks.pgd import GRADIENTS
+
+
+@dataclass
+class ModelSection:
+    name: str = ''  # a model in timm's registry (after ``import lwta_zoo``)
+    args: Dict[str, Any] = field(default_factory=dict)  # keyword arguments of timm.create_model
+
+
+@dataclass
+class DataSection:
+    name: str = ''  # cifar10 | mnist | fashion_mnist
+    root: Optional[str] = None  # a folder of local files, searched before $LWTA_ZOO_DATA
+    download: bool = True
+    augment: bool = False  # CIFAR: random crop (padding 4) + horizontal flip
+    train_limit: Optional[int] = None  # a fixed random subset of the training set
+    test_limit: Optional[int] = None
+    workers: int = 0
+
+
+@dataclass
+class OptimSection:
+    name: Literal['sgd', 'adam'] = 'sgd'
+    lr: float = 0.1
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+@dataclass
+class ScheduleSection:
+    """Per-epoch learning-rate schedule.
+
+    ``constant``; ``decay_after``: multiply by ``gamma`` every epoch after epoch ``start``
+    (the WRN paper: gamma 0.5 after 75); ``multistep``: multiply by ``gamma`` at each of
+    ``milestones``; ``cosine``: cosine annealing to 0 over the run.
+    """
+
+    name: Literal['constant', 'decay_after', 'multistep', 'cosine'] = 'constant'
+    gamma: float = 0.1
+    start: int = 0
+    milestones: List[int] = field(default_factory=list)
+
+
+@dataclass
+class AdversarySection:
+    """Adversarial training. ``fgsm`` is one PGD step of size eps without random start.
+
+    ``gradient`` is the gradient the training attack follows: ``model`` (the sampled
+    model's own, as the papers' authors did) or an adaptive one (``mean`` surrogate,
+    ``ste`` straight-through, ``eot`` over ``eot_samples`` draws; see lwta_zoo.attacks.pgd).
+    ``model_mode``: the mode the model is attacked in (``train``: BatchNorm batch statistics
+    and relaxed LWTA samples, as in Madry-style PGD-AT code; ``eval``: running statistics and
+    exact samples).
+    """
+
+    method: Literal['none', 'pgd', 'fgsm', 'trades'] = 'none'
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+    random_start: bool = True
+    gradient: Literal[GRADIENTS] = 'model'  # type: ignore[valid-type]
+    eot_samples: int = 4
+    model_mode: Literal['train', 'eval'] = 'train'
+    trades_beta: float = 6.0
+
+
+@dataclass
+class EvalSection:
+    """Test-set monitoring during and after training (the full suite is lwta_zoo.attacks).
+
+    Robust accuracy: PGD with ``steps`` steps of ``step_size`` in the ``eps`` ball
+    (defaults: the adversary's eps, 20 steps, eps/4), following ``gradient``; then a
+    fresh ``samples``-sample prediction of the adversarial input.
+    """
+
+    every: int = 1  # epochs between evaluations (0: only at the end)
+    samples: int = 1  # L: posterior samples averaged per prediction
+    limit: Optional[int] = 1000  # test examples attacked (clean accuracy uses the whole test set)
+    eps: Optional[float] = None
+    step_size: Optional[float] = None
+    steps: int = 20
+    gradient: Literal[GRADIENTS] = 'model'  # type: ignore[valid-type]
+    batch_size: int = 256
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 1
+    batch_size: int = 128  # per process (the global batch is this times the world size)
+    seed: int = 0
+    kl_weight: float = 1.0  # loss = CE + kl_weight * KL / N_train (1: the ELBO of the papers)
+    checkpoint_every: int = 0  # optimizer steps between checkpoints, besides every epoch end (0: epochs only)
+    log_every: int = 50  # optimizer steps between metrics lines
+    device: str = 'auto'  # auto | cpu | cuda
+    threads: Optional[int] = None  # torch.set_num_threads
+    bf16: bool = False  # bf16 autocast for forward passes
+    channels_last: bool = False
+    tensorboard: bool = False
+
+
+@dataclass
+class Recipe:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    adversary: AdversarySection = field(default_factory=AdversarySection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    description: str = ''  # what this recipe reproduces and where each setting comes from
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run: the message names the key and what was expected."""
+
+
+REQUIRED = ('model.name', 'data.name')
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return 'one of ' + ', '.join(map(repr, typing.get_args(tp)))
+    return getattr(tp, '__name__', None) or str(tp).replace('typing.', '')
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (ints and fraction strings are accepted as floats), or RecipeError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Union:  # Optional[X]
+        if value is None:
+            return None
+        return _check(value, next(a for a in args if a is not type(None)), key)
+    if origin is Literal:
+        if value in args:
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # "8/255", and "5e-4", which YAML 1.1 reads as a string
+            try:
+                return float(Fraction(value.replace(' ', '')))
+            except (ValueError, ZeroDivisionError):
+                pass
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp in (str, bool):
+        if isinstance(value, tp):
+            return value
+    elif origin is list:
+        if isinstance(value, list):
+            return [_check(v, args[0], f'{key}[{i}]') for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+    else:
+        raise TypeError(f'recipe schema: unsupported type {tp} at {key}')
+    raise RecipeError(f'recipe key {key!r}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})')
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise RecipeError(f'recipe section {prefix.rstrip(".") or "<top>"!r}: expected a mapping, got {values!r}')
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise RecipeError(f'unknown recipe key(s) {[prefix + k for k in unknown]}; '
+                          f'{prefix.rstrip(".") or "the top level"} accepts {sorted(names)}')
+    kwargs = {}
+    for name, value in values.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value if value is not None else {}, f'{prefix}{name}.')
+        else:
+            kwargs[name] = _check(value, tp, prefix + name)
+    return cls(**kwargs)
+
+
+def _check_values(r: Recipe) -> None:
+    """Checks beyond types: required keys, known dataset and model, positive sizes."""
+    for key in REQUIRED:
+        section, name = key.split('.')
+        if not getattr(getattr(r, section), name):
+            raise RecipeError(f'recipe key {key!r} is required')
+    if r.data.name not in data.DATASETS:
+        raise RecipeError(f'recipe key data.name: unknown dataset {r.data.name!r}; known: {sorted(data.DATASETS)}')
+    if not timm.is_model(r.model.name):
+        raise RecipeError(f'recipe key model.name: {r.model.name!r} is not in timm\'s registry '
+                          '(see timm.list_models() after import lwta_zoo)')
+    positive = {'train.epochs': r.train.epochs, 'train.batch_size': r.train.batch_size,
+                'adversary.steps': r.adversary.steps, 'adversary.eot_samples': r.adversary.eot_samples,
+                'eval.samples': r.eval.samples, 'eval.steps': r.eval.steps, 'eval.batch_size': r.eval.batch_size}
+    for key, v in positive.items():
+        if v < 1:
+            raise RecipeError(f'recipe key {key!r} must be >= 1, got {v}')
+    if r.adversary.method != 'none' and not r.adversary.eps > 0:
+        raise RecipeError(f'recipe key adversary.eps must be > 0 for {r.adversary.method}, got {r.adversary.eps}')
+
+
+def set_dotted(tree: Dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree['a']['b']['c'] = value`` for key ``'a.b.c'``, creating mappings on the way."""
+    *path, last = key.split('.')
+    node = tree
+    for i, part in enumerate(path):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f'override {key!r}: {".".join(path[:i + 1])!r} is not a section')
+        node = child
+    node[last] = value
+
+
+def parse_overrides(overrides: Sequence[str]) -> List[tuple]:
+    """``['train.epochs=2', ...]`` -> ``[('train.epochs', 2), ...]`` (values parsed as YAML)."""
+    pairs = []
+    for item in overrides:
+        key, sep, raw = item.partition('=')
+        if not sep or not key:
+            raise RecipeError(f'override {item!r}: expected KEY=VALUE, e.g. train.epochs=2')
+        pairs.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return pairs
+
+
+def recipe_from_dict(tree: Dict[str, Any], overrides: Sequence[str] = ()) -> Recipe:
+    """A validated :class:`Recipe` from a nested mapping plus ``key=value`` overrides."""
+    tree = yaml.safe_load(yaml.safe_dump(tree or {}))  # a deep copy
+    for key, value in parse_overrides(overrides):
+        set_dotted(tree, key, value)
+    recipe = _build(Recipe, tree, '')
+    _check_values(recipe)
+    return recipe
+
+
+def load_recipe(path: Union[str, Path], overrides: Sequence[str] = ()) -> Recipe:
+    """Read a YAML recipe, apply overrides, and validate it (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f'recipe file {path} does not exist')
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f'{path}: not valid YAML: {e}') from None
+    try:
+        return recipe_from_dict(tree, overrides)
+    except RecipeError as e:
+        raise RecipeError(f'{path}: {e}') from None

@@ -1,0 +1,463 @@
+"""``lwta-zoo train RECIPE``: ELBO + adversarial training, checkpoints, resume, torchrun DDP, export.
+
+Objective (the papers' ELBO, per example): cross-entropy of the (adversarial) batch plus
+``kl_weight * KL / N_train``, KL summed over every stochastic layer (``kl_divergence``).
+Adversarial training: PGD (Madry), FGSM (one step of size eps, no random start) or TRADES,
+each following the gradient the recipe names (the model's own or an adaptive one).
+
+Reproducibility: data order is a function of (seed, epoch) and augmentation of (seed,
+epoch, index); checkpoints (written atomically) hold model, optimizer, scheduler, every
+rank's RNG state and the position in the epoch, so ``--resume`` after a kill continues
+exactly where the last checkpoint left off. Under ``torchrun`` the same command trains with
+DistributedDataParallel; rank 0 logs, checkpoints and exports.
+
+Outputs in the run folder: ``recipe.yaml``, ``checkpoint.pt``, ``metrics.jsonl``,
+``final_metrics.json``, ``export/`` (model.safetensors + config.json + README.md), and
+``tensorboard/`` if asked for.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from .attacks.pgd import pgd
+from .data import ImageDataset, dataset_info, load_dataset
+from .layers.lwta import kl_divergence
+from .recipe import Recipe, RecipeError, load_recipe
+from .sampling import set_samples
+
+CHECKPOINT = 'checkpoint.pt'
+
+
+def elbo_loss(logits: torch.Tensor, y: torch.Tensor, model: nn.Module, n_train: int,
+              kl_weight: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, ce, kl): ``loss = CE(logits, y) + kl_weight * KL / n_train`` for the last training forward."""
+    ce = F.cross_entropy(logits.float(), y)
+    kl = kl_divergence(model).float()
+    return ce + kl_weight * kl / n_train, ce, kl
+
+
+def trades_loss_fn(p_clean: torch.Tensor):
+    """TRADES' inner loss KL(p_clean || p_adv) as ``loss_fn(logits, idx)`` for :func:`pgd`.
+
+    pgd passes its ``y`` through (repeated for EoT), so the attack is run with
+    ``y = arange(N)`` and the clean distribution is looked up by index.
+    """
+    def loss_fn(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(logits.float().log_softmax(1), p_clean[idx], reduction='batchmean')
+    return loss_fn
+
+
+class Distributed:
+    """Rank, world size and device; under torchrun, the process group (gloo on CPU, nccl on GPU)."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get('WORLD_SIZE', '1'))
+        self.rank = int(os.environ.get('RANK', '0'))
+        local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+        use_cuda = torch.cuda.is_available() if device == 'auto' else device == 'cuda'
+        if device == 'cuda' and not torch.cuda.is_available():
+            raise RuntimeError('recipe asks for train.device=cuda but CUDA is not available')
+        self.device = torch.device(f'cuda:{local_rank}' if use_cuda else 'cpu')
+        if use_cuda:
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group('nccl' if use_cuda else 'gloo')
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def gather(self, obj: Any) -> List[Any]:
+        if self.world == 1:
+            return [obj]
+        out: List[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out: Dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f'{prefix}{k}.') if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def _rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
+    state = {'cpu': torch.get_rng_state()}
+    if device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: Dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state['cpu'])
+    if device.type == 'cuda' and 'cuda' in state:
+        torch.cuda.set_rng_state(state['cuda'], device)
+
+
+def build_optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
+    o = r.optim
+    if o.name == 'sgd':
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                               nesterov=o.nesterov)
+    return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
+def lr_factor(epoch: int, r: Recipe) -> float:
+    """Multiplier of the base learning rate during (0-based) ``epoch``."""
+    s = r.schedule
+    if s.name == 'decay_after':
+        return s.gamma ** max(0, epoch + 1 - s.start)
+    if s.name == 'multistep':
+        return s.gamma ** sum(epoch >= m for m in s.milestones)
+    if s.name == 'cosine':
+        return 0.5 * (1 + math.cos(math.pi * epoch / r.train.epochs))
+    return 1.0
+
+
+class Trainer:
+    """One training run of a recipe into an output folder; see the module docstring."""
+
+    def __init__(self, recipe: Recipe, output: os.PathLike, *, resume: bool = False, max_steps: Optional[int] = None):
+        self.r, self.output, self.max_steps = recipe, Path(output), max_steps
+        t = recipe.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.dist = Distributed(t.device)
+        self.device = self.dist.device
+        self.info = dataset_info(recipe.data.name)
+        # Data first: a missing dataset fails before the model is built.
+        d = recipe.data
+        self.train_set = load_dataset(d.name, 'train', d.root, augment=d.augment, limit=d.train_limit, seed=t.seed,
+                                      download=d.download)
+        self.test_set = load_dataset(d.name, 'test', d.root, limit=d.test_limit, seed=t.seed, download=d.download)
+        self.n_train = len(self.train_set)
+        self.steps_per_epoch = len(self._epoch_indices(0)) // t.batch_size
+        if self.steps_per_epoch < 1:
+            raise RecipeError(f'train.batch_size={t.batch_size} x {self.dist.world} processes exceeds the '
+                              f'{self.n_train} training examples')
+
+        torch.manual_seed(t.seed)  # the same initial weights on every rank
+        self.model = timm.create_model(recipe.model.name, num_classes=self.info.num_classes, **recipe.model.args)
+        self.model.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
+        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == 'cuda'
+                                            else None) if self.dist.world > 1 else self.model)
+        self.optimizer = build_optimizer(self.model, recipe)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, recipe))
+        torch.manual_seed(t.seed + 1_000 * (self.dist.rank + 1))  # distinct noise per rank
+        self.epoch, self.step_in_epoch, self.step = 0, 0, 0
+        self.output.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._load_checkpoint()
+        elif self.dist.main:
+            (self.output / 'recipe.yaml').write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+            (self.output / 'metrics.jsonl').write_text('')
+        self.writer = self._tensorboard() if t.tensorboard and self.dist.main else None
+
+    # ------------------------------------------------------------------ helpers
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            warnings.warn('train.tensorboard=true but tensorboard is not installed (pip install tensorboard); '
+                          'metrics go to metrics.jsonl only')
+            return None
+        return SummaryWriter(str(self.output / 'tensorboard'))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.r.train.bf16)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        fmt = torch.channels_last if self.r.train.channels_last else torch.contiguous_format
+        return x.to(self.device, memory_format=fmt, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _epoch_indices(self, epoch: int) -> List[int]:
+        """This rank's training indices for ``epoch``: a permutation fixed by (seed, epoch)."""
+        sampler = DistributedSampler(self.train_set, self.dist.world, self.dist.rank, shuffle=True,
+                                     seed=self.r.train.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    def _log(self, record: Dict[str, Any]) -> None:
+        if not self.dist.main:
+            return
+        with open(self.output / 'metrics.jsonl', 'a') as f:
+            f.write(json.dumps(record) + '\n')
+        if self.writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ('step', 'epoch'):
+                    self.writer.add_scalar(k, v, record['step'])
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> None:
+        """Write checkpoint.pt atomically (temp file + rename); every rank contributes its RNG state."""
+        rng = self.dist.gather(_rng_state(self.device))
+        if self.dist.main:
+            state = {
+                'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
+                'scheduler': self.scheduler.state_dict(), 'rng': rng, 'epoch': self.epoch,
+                'step_in_epoch': self.step_in_epoch, 'step': self.step, 'world_size': self.dist.world,
+                'recipe': self.r.to_dict(),
+            }
+            tmp = self.output / f'{CHECKPOINT}.tmp'
+            torch.save(state, tmp)
+            os.replace(tmp, self.output / CHECKPOINT)
+        self.dist.barrier()
+
+    def _load_checkpoint(self) -> None:
+        path = self.output / CHECKPOINT
+        if not path.is_file():
+            raise FileNotFoundError(f'--resume: no checkpoint at {path}')
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        saved, now = _flatten(state['recipe']), _flatten(self.r.to_dict())
+        diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        if diff:
+            raise RecipeError(f'--resume: the recipe differs from the one in {path} at {diff}; '
+                              f'resume with {self.output / "recipe.yaml"}')
+        if state['world_size'] != self.dist.world:
+            raise RuntimeError(f'--resume: checkpoint written by {state["world_size"]} processes, '
+                               f'now {self.dist.world}; exact resumption needs the same number')
+        self.model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        _set_rng_state(state['rng'][self.dist.rank], self.device)
+        self.epoch, self.step_in_epoch, self.step = state['epoch'], state['step_in_epoch'], state['step']
+        if self.dist.main:  # drop metrics logged after the checkpoint: they are about to be redone
+            log = self.output / 'metrics.jsonl'
+            lines = log.read_text().splitlines() if log.is_file() else []
+            kept = [ln for ln in lines if json.loads(ln).get('step', 0) <= self.step]
+            log.write_text(''.join(ln + '\n' for ln in kept))
+            print(f'resumed from {path}: epoch {self.epoch + 1}, step {self.step} '
+                  f'({self.step_in_epoch}/{self.steps_per_epoch} of the epoch)')
+
+    # ------------------------------------------------------------------ training
+    def adversarial(self, x: torch.Tensor, y: torch.Tensor, p_clean: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The training attack's inputs for (x, y), attacking the unwrapped model in ``model_mode``."""
+        a = self.r.adversary
+        steps, step_size, random_start = (1, a.eps, False) if a.method == 'fgsm' else (a.steps, a.step_size,
+                                                                                      a.random_start)
+        loss_kw = {}
+        if a.method == 'trades':
+            loss_kw = {'loss_fn': trades_loss_fn(p_clean)}
+            y = torch.arange(len(x), device=x.device)
+        was_training = self.model.training
+        self.model.train(a.model_mode == 'train')
+        try:
+            with self._autocast():
+                return pgd(self.model, x, y, a.eps, step_size, steps, random_start=random_start,
+                           gradient=a.gradient, eot_samples=a.eot_samples, **loss_kw)
+        finally:
+            self.model.train(was_training)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float], torch.Tensor]:
+        """(loss, parts for the log, logits) of one batch: the ELBO on the recipe's (adversarial) inputs."""
+        a, w = self.r.adversary, self.r.train.kl_weight
+        if a.method == 'trades':  # CE(clean) + beta * KL(p_clean || p_adv), KL terms of both forwards averaged
+            with self._autocast():
+                logits_clean = self.ddp(x)
+            _, ce, kl_c = elbo_loss(logits_clean, y, self.model, self.n_train, w)
+            x_adv = self.adversarial(x, y, logits_clean.detach().float().softmax(1))
+            with self._autocast():
+                logits = self.ddp(x_adv)
+            kl = 0.5 * (kl_c + kl_divergence(self.model).float())
+            robust = trades_loss_fn(logits_clean.float().softmax(1))(logits, torch.arange(len(x), device=x.device))
+            loss = ce + a.trades_beta * robust + w * kl / self.n_train
+            return loss, {'ce': ce.item(), 'trades_kl': robust.item(), 'kl': kl.item()}, logits
+        if a.method != 'none':
+            x = self.adversarial(x, y)
+        with self._autocast():
+            logits = self.ddp(x)
+        loss, ce, kl = elbo_loss(logits, y, self.model, self.n_train, w)
+        return loss, {'ce': ce.item(), 'kl': kl.item()}, logits
+
+    def _batches(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's remaining batches (after ``step_in_epoch`` on a resume)."""
+        t = self.r.train
+        self.train_set.set_epoch(self.epoch)
+        indices = self._epoch_indices(self.epoch)[self.step_in_epoch * t.batch_size:]
+        # A generator of its own: creating the iterator must not draw from the global RNG (resume).
+        loader = DataLoader(self.train_set, batch_size=t.batch_size, sampler=indices, drop_last=True,
+                            num_workers=self.r.data.workers, pin_memory=self.device.type == 'cuda',
+                            generator=torch.Generator().manual_seed(t.seed + self.epoch))
+        return iter(loader)
+
+    def fit(self) -> Dict[str, Any]:
+        """Train to the end of the recipe (or ``max_steps``), evaluate, export; returns the final metrics."""
+        t = self.r.train
+        stopped = False
+        while self.epoch < t.epochs and not stopped:
+            self.ddp.train()
+            bar = tqdm(self._batches(), total=self.steps_per_epoch, initial=self.step_in_epoch,
+                       desc=f'epoch {self.epoch + 1}/{t.epochs}', disable=not self.dist.main, dynamic_ncols=True)
+            seen = correct = batches = 0
+            start = time.time()
+            for x, y in bar:
+                x, y = self._to_device(x, y)
+                loss, parts, logits = self.training_loss(x, y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.step += 1
+                self.step_in_epoch += 1
+                seen, batches = seen + len(y), batches + 1
+                correct += (logits.argmax(1) == y).sum().item()
+                acc_key = 'train_adv_acc' if self.r.adversary.method != 'none' else 'train_acc'
+                bar.set_postfix(loss=f'{loss.item():.3f}', **{acc_key: f'{correct / seen:.3f}'})
+                if self.step % t.log_every == 0:
+                    self._log({'step': self.step, 'epoch': self.epoch + self.step_in_epoch / self.steps_per_epoch,
+                               'loss': loss.item(), **parts, acc_key: correct / seen,
+                               'lr': self.optimizer.param_groups[0]['lr'],
+                               'sec_per_step': (time.time() - start) / batches})
+                if self.max_steps is not None and self.step >= self.max_steps:
+                    stopped = True
+                    break
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step_in_epoch < \
+                        self.steps_per_epoch:
+                    self.save_checkpoint()
+            bar.close()
+            if stopped and self.step_in_epoch < self.steps_per_epoch:
+                self.save_checkpoint()
+                break
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            self.scheduler.step()
+            last = self.epoch == t.epochs
+            if not last and self.r.eval.every and self.epoch % self.r.eval.every == 0:
+                self._log({'step': self.step, 'epoch': self.epoch, **self.evaluate()})
+            self.save_checkpoint()
+        metrics = self.evaluate()
+        self._log({'step': self.step, 'epoch': self.epoch + self.step_in_epoch / self.steps_per_epoch, **metrics,
+                   'final': True})
+        if self.dist.main:
+            self._export(metrics)
+        self.dist.barrier()
+        if self.writer is not None:
+            self.writer.close()
+        return metrics
+
+    # ------------------------------------------------------------------ evaluation and export
+    def eval_attack(self) -> Dict[str, Any]:
+        """The settings of the robust-accuracy attack (recipe ``eval`` with defaults from ``adversary``)."""
+        e = self.r.eval
+        eps = e.eps if e.eps is not None else self.r.adversary.eps
+        return {'eps': eps, 'step_size': e.step_size if e.step_size is not None else eps / 4, 'steps': e.steps,
+                'gradient': e.gradient, 'random_start': True}
+
+    def evaluate(self) -> Dict[str, Any]:
+        """Rank 0: clean accuracy on the test set and PGD accuracy on its first ``eval.limit`` examples."""
+        if not self.dist.main:
+            return {}
+        e, model = self.r.eval, self.model
+        attack = self.eval_attack()
+        was_training = model.training
+        model.eval()
+        restore = getattr(model, 'num_samples', None)
+        if restore is not None or e.samples > 1:
+            set_samples(model, e.samples)
+        loader = DataLoader(self.test_set, batch_size=e.batch_size, shuffle=False,
+                            generator=torch.Generator().manual_seed(self.r.train.seed))
+        clean = robust = attacked = 0
+        for x, y in loader:
+            x, y = self._to_device(x, y)
+            with torch.no_grad(), self._autocast():
+                clean += (model(x).argmax(1) == y).sum().item()
+            n = min(len(y), (e.limit if e.limit is not None else len(self.test_set)) - attacked)
+            if n > 0 and attack['eps'] > 0:
+                with self._autocast():
+                    x_adv = pgd(model, x[:n], y[:n], attack['eps'], attack['step_size'], attack['steps'],
+                                gradient=attack['gradient'])
+                with torch.no_grad(), self._autocast():
+                    robust += (model(x_adv).argmax(1) == y[:n]).sum().item()
+                attacked += n
+        if restore is not None:
+            set_samples(model, restore)
+        model.train(was_training)
+        metrics: Dict[str, Any] = {'test_clean_acc': clean / len(self.test_set), 'test_n': len(self.test_set)}
+        if attacked:
+            metrics.update({'test_pgd_acc': robust / attacked, 'test_pgd_n': attacked})
+        return metrics
+
+    def _export(self, metrics: Dict[str, Any]) -> None:
+        """Final metrics to final_metrics.json; weights, config and model card to ``export/``."""
+        from .hub import save_pretrained
+
+        e = self.r.eval
+        full = {**metrics, 'samples': e.samples, 'pgd': self.eval_attack(), 'steps_trained': self.step,
+                'epochs_trained': self.epoch + self.step_in_epoch / self.steps_per_epoch,
+                'dataset': self.r.data.name}
+        (self.output / 'final_metrics.json').write_text(json.dumps(full, indent=2) + '\n')
+        save_pretrained(self.model, self.output / 'export', recipe=self.r.to_dict(), metrics=full)
+        print(f'exported to {self.output / "export"}: {json.dumps(metrics)}')
+
+
+def train(recipe: Recipe, output: os.PathLike, *, resume: bool = False, max_steps: Optional[int] = None
+          ) -> Dict[str, Any]:
+    """Run ``recipe`` into ``output`` (see :class:`Trainer`); returns the final metrics."""
+    trainer = Trainer(recipe, output, resume=resume, max_steps=max_steps)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.dist.close()
+
+
+# ---------------------------------------------------------------------- CLI
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.data_dir is not None:
+        overrides.append(f'data.root={args.data_dir}')
+    recipe = load_recipe(args.recipe, overrides)
+    output = args.output or Path('runs') / Path(args.recipe).stem
+    train(recipe, output, resume=args.resume, max_steps=args.max_steps)
+    return 0
+
+
+def configure_train(parser: argparse.ArgumentParser) -> None:
+    """``lwta-zoo train RECIPE [key=value ...] [--output DIR] [--max-steps N] [--resume] [--data-dir DIR]``."""
+    parser.description = 'Train a model from a YAML recipe (works under torchrun for DDP).'
+    parser.add_argument('recipe', type=Path, help='recipes/<name>.yaml')
+    parser.add_argument('overrides', nargs='*', metavar='key=value',
+                        help='override recipe values, e.g. train.epochs=2 adversary.gradient=eot')
+    parser.add_argument('--output', type=Path, default=None, help='run folder (default: runs/<recipe name>)')
+    parser.add_argument('--max-steps', type=int, default=None, help='stop after N optimizer steps in total')
+    parser.add_argument('--resume', action='store_true', help='continue from <output>/checkpoint.pt')
+    parser.add_argument('--data-dir', default=None, help='folder of local dataset files (sets data.root)')
+    parser.set_defaults(func=_run)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m lwta_zoo.train ...`` (e.g. under ``torchrun -m``): the same as ``lwta-zoo train ...``."""
+    parser = argparse.ArgumentParser(prog='lwta_zoo.train')
+    configure_train(parser)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
