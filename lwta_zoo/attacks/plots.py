@@ -44,9 +44,8 @@ def plot_robust_vs_eps(report: Dict[str, Any], path: os.PathLike) -> None:
 
 
 @torch.no_grad()
-def winner_probabilities(model: nn.Module, layer: LWTA, x: torch.Tensor, y: torch.Tensor,
-                         num_classes: int) -> np.ndarray:
-    """(num_classes, channels): mean softmax winning probability of each unit of ``layer`` per class."""
+def winner_probabilities(model: nn.Module, layer: LWTA, x: torch.Tensor, y: torch.Tensor) -> Dict[int, np.ndarray]:
+    """Class -> (channels,): mean softmax winning probability of each unit of ``layer``, per true class."""
     seen: List[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda module, inputs, out: seen.append(inputs[0]))
     try:
@@ -56,22 +55,21 @@ def winner_probabilities(model: nn.Module, layer: LWTA, x: torch.Tensor, y: torc
     h = seen[0]  # (L*N, C, ...) when the model folds L samples into the batch
     p = _blocks(h, layer.U, layer.layer_name).softmax(2).flatten(1, 2).flatten(2).mean(2)
     p = p.view(-1, len(x), p.shape[1]).mean(0)
-    return np.stack([p[y == c].mean(0).cpu().numpy() if (y == c).any() else np.full(p.shape[1], np.nan)
-                     for c in range(num_classes)])
+    return {int(c): p[y == c].mean(0).cpu().numpy() for c in y.unique()}
 
 
 def plot_winner_probabilities(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
                               path: os.PathLike, max_units: int = 32) -> None:
-    """The AISTATS paper's Figure 2 on the middle LWTA layer of ``model``."""
+    """The AISTATS paper's Figure 2 on the middle LWTA layer of ``model`` (rows: the classes present in y)."""
     layers = list(lwta_modules(model))
     if not layers:
         raise ValueError(f'{type(model).__name__} has no LWTA layer')
     layer = layers[len(layers) // 2]
-    num_classes = int(y.max()) + 1
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, inputs, title in zip(axes, (x, x_adv), ('benign', 'PGD')):
-        probs = winner_probabilities(model, layer, inputs, y, num_classes)[:, :max_units]
-        im = ax.imshow(probs, cmap='Greys', vmin=0, vmax=1, aspect='auto')
+        probs = winner_probabilities(model, layer, inputs, y)
+        im = ax.imshow(np.stack(list(probs.values()))[:, :max_units], cmap='Greys', vmin=0, vmax=1, aspect='auto')
+        ax.set_yticks(range(len(probs)), [str(c) for c in probs])
         ax.set(title=f'{title}: {layer.layer_name}, U={layer.U}', xlabel='unit', ylabel='true class')
     fig.colorbar(im, ax=axes, label='winning probability')
     fig.savefig(path, dpi=120)
