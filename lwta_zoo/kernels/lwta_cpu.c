@@ -64,16 +64,16 @@ static inline float sigmoidf_(float z) { return 1.0f / (1.0f + exp_(-z)); }
  * the first unit won. */
 void lwta2_sample(const float *x, float *y, uint8_t *mask, int64_t R, int64_t S, uint64_t seed, int threads) {
     const int64_t B = R * S, chunks = (B + CHUNK - 1) / CHUNK;
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t c = 0; c < chunks; c++) {
         float u[CHUNK];
         fill(u, seed, (uint64_t)c);
         const int64_t j0 = c * CHUNK, j1 = j0 + CHUNK < B ? j0 + CHUNK : B;
 #define SAMPLE_RUN(off, n, q)                                                   \
         {                                                                       \
-            const float *a = x + (off), *b = a + S;                             \
-            float *ya = y + (off), *yb = ya + S;                                \
-            const float *uu = u + (q);                                          \
+            const float *restrict a = x + (off), *restrict b = a + S;                             \
+            float *restrict ya = y + (off), *restrict yb = ya + S;                                \
+            const float *restrict uu = u + (q);                                          \
             uint8_t *m = mask ? mask + j : 0;                       \
             for (int64_t i = 0; i < (n); i++) {                                 \
                 const int win = uu[i] * (1.0f + exp_(b[i] - a[i])) < 1.0f;      \
@@ -88,7 +88,7 @@ void lwta2_sample(const float *x, float *y, uint8_t *mask, int64_t R, int64_t S,
 
 /* Backward of the exact sample: the gradient goes to the winner. */
 void lwta2_sample_backward(const float *gy, const uint8_t *mask, float *gx, int64_t R, int64_t S, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t r = 0; r < R; r++) {
         const float *ga = gy + r * 2 * S, *gb = ga + S;
         float *xa = gx + r * 2 * S, *xb = xa + S;
@@ -108,7 +108,7 @@ double lwta2_relaxed(const float *x, float *y, float *d, int64_t R, int64_t S, u
     const int64_t B = R * S, chunks = (B + CHUNK - 1) / CHUNK;
     const float inv_tau = 1.0f / tau, log2 = 0.69314718f;
     double kl = 0.0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : kl)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1) reduction(+ : kl)
     for (int64_t c = 0; c < chunks; c++) {
         float u[CHUNK];
         fill(u, seed, (uint64_t)c);
@@ -116,10 +116,10 @@ double lwta2_relaxed(const float *x, float *y, float *d, int64_t R, int64_t S, u
         float acc = 0.0f;
 #define RELAXED_RUN(off, n, q)                                                  \
         {                                                                       \
-            const float *a = x + (off), *b = a + S;                             \
-            float *ya = y + (off), *yb = ya + S;                                \
-            const float *uu = u + (q);                                          \
-            float *dd = d ? d + j : 0;                                          \
+            const float *restrict a = x + (off), *restrict b = a + S;                             \
+            float *restrict ya = y + (off), *restrict yb = ya + S;                                \
+            const float *restrict uu = u + (q);                                          \
+            float *restrict dd = d ? d + j : 0;                                          \
             for (int64_t i = 0; i < (n); i++) {                                 \
                 const float di = a[i] - b[i];                                   \
                 const float s = sigmoidf_((di + logf(uu[i] / (1.0f - uu[i]))) * inv_tau); \
@@ -142,6 +142,21 @@ double lwta2_relaxed(const float *x, float *y, float *d, int64_t R, int64_t S, u
     return kl;
 }
 
+/* One run of n blocks of lwta2_relaxed_backward (below). */
+static inline void relaxed_backward_run(const float *restrict ga, const float *restrict gb, const float *restrict ya,
+                                        const float *restrict yb, const float *restrict d, const float *restrict u,
+                                        float *restrict xa, float *restrict xb, int64_t n, float inv_tau,
+                                        float kl_scale) {
+    for (int64_t i = 0; i < n; i++) {
+        const float s = sigmoidf_((d[i] + logf(u[i] / (1.0f - u[i]))) * inv_tau); /* as in the forward */
+        const float b = ya[i] + yb[i] - d[i] * s, a = b + d[i];
+        const float s0 = sigmoidf_(d[i]);
+        const float t = (ga[i] * a - gb[i] * b) * s * (1.0f - s) * inv_tau + kl_scale * d[i] * s0 * (1.0f - s0);
+        xa[i] = ga[i] * s + t;
+        xb[i] = gb[i] * (1.0f - s) - t;
+    }
+}
+
 /* Backward of lwta2_relaxed from its output y and the saved d: s is regenerated from
  * (seed, block), the inputs recovered as b = y_a + y_b - d*s, a = b + d. kl_scale is the
  * gradient of the loss w.r.t. the summed KL (0: no KL term). */
@@ -149,28 +164,14 @@ void lwta2_relaxed_backward(const float *gy, const float *y, const float *d, flo
                             uint64_t seed, float tau, float kl_scale, int threads) {
     const int64_t B = R * S, chunks = (B + CHUNK - 1) / CHUNK;
     const float inv_tau = 1.0f / tau;
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t c = 0; c < chunks; c++) {
         float u[CHUNK];
         fill(u, seed, (uint64_t)c);
         const int64_t j0 = c * CHUNK, j1 = j0 + CHUNK < B ? j0 + CHUNK : B;
-#define RELAXED_BACKWARD_RUN(off, n, q)                                         \
-        {                                                                       \
-            const float *ga = gy + (off), *gb = ga + S;                         \
-            const float *ya = y + (off), *yb = ya + S;                          \
-            float *xa = gx + (off), *xb = xa + S;                               \
-            const float *uu = u + (q), *dd = d + j;                             \
-            for (int64_t i = 0; i < (n); i++) {                                 \
-                const float di = dd[i];                                         \
-                const float s = sigmoidf_((di + logf(uu[i] / (1.0f - uu[i]))) * inv_tau); \
-                const float b = ya[i] + yb[i] - di * s, a = b + di;             \
-                const float s0 = sigmoidf_(di);                                 \
-                const float t = (ga[i] * a - gb[i] * b) * s * (1.0f - s) * inv_tau \
-                                + kl_scale * di * s0 * (1.0f - s0);             \
-                xa[i] = ga[i] * s + t;                                          \
-                xb[i] = gb[i] * (1.0f - s) - t;                                 \
-            }                                                                   \
-        }
+#define RELAXED_BACKWARD_RUN(off, n, q) \
+        relaxed_backward_run(gy + (off), gy + (off) + S, y + (off), y + (off) + S, d + j, u + (q), \
+                             gx + (off), gx + (off) + S, n, inv_tau, kl_scale);
         FOR_RUNS(S, j0, j1, RELAXED_BACKWARD_RUN)
     }
 }

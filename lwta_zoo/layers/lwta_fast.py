@@ -26,6 +26,7 @@ from ..kernels import cpu_library
 
 _enabled = True
 _U64 = (1 << 64) - 1
+GRAIN = 32_768  # blocks per thread below which a call stays on one thread (as ATen's grain size)
 
 
 @contextmanager
@@ -51,6 +52,11 @@ def _rows(x: Tensor) -> Tuple[int, int]:
     return x.shape[0] * x.shape[1] // 2, S
 
 
+def _threads(blocks: int) -> int:
+    """Threads for a call: torch's setting, but one per GRAIN blocks (a parallel region costs more)."""
+    return max(1, min(torch.get_num_threads(), blocks // GRAIN))
+
+
 def _seed() -> int:
     return int(torch.randint(-2 ** 63, 2 ** 63 - 1, (), dtype=torch.int64))
 
@@ -68,7 +74,7 @@ def _sample_op(x: Tensor, seed: int, save_mask: bool) -> Tuple[Tensor, Tensor]:
     y = torch.empty_like(x)
     mask = torch.empty(R * S if save_mask else 0, dtype=torch.uint8)
     _lib().lwta2_sample(x.data_ptr(), y.data_ptr(), mask.data_ptr() if save_mask else None, R, S, seed & _U64,
-                        torch.get_num_threads())
+                        _threads(R * S))
     return y, mask
 
 
@@ -90,7 +96,7 @@ def _sample_backward(ctx, grad_y: Tensor, grad_mask: Optional[Tensor]):
     grad_x = torch.empty_like(grad_y)
     R, S = _rows(grad_y)
     _lib().lwta2_sample_backward(grad_y.data_ptr(), mask.data_ptr(), grad_x.data_ptr(), R, S,
-                                 torch.get_num_threads())
+                                 _threads(R * S))
     return grad_x, None, None
 
 
@@ -103,7 +109,7 @@ def _relaxed_op(x: Tensor, seed: int, tau: float, want_kl: bool, save: bool) -> 
     y = torch.empty_like(x)
     d = torch.empty(R * S if save else 0, dtype=x.dtype)
     kl = _lib().lwta2_relaxed(x.data_ptr(), y.data_ptr(), d.data_ptr() if save else None, R, S, seed & _U64, tau,
-                              want_kl, torch.get_num_threads())
+                              want_kl, _threads(R * S))
     return y, d, torch.tensor(kl / x.shape[0], dtype=x.dtype)
 
 
@@ -128,7 +134,7 @@ def _relaxed_backward(ctx, grad_y: Optional[Tensor], grad_d: Optional[Tensor], g
     grad_x = torch.empty_like(y)
     R, S = _rows(y)
     _lib().lwta2_relaxed_backward(grad_y.data_ptr(), y.data_ptr(), d.data_ptr(), grad_x.data_ptr(), R, S,
-                                  ctx.seed & _U64, ctx.tau, kl_scale, torch.get_num_threads())
+                                  ctx.seed & _U64, ctx.tau, kl_scale, _threads(R * S))
     return grad_x, None, None, None, None
 
 
