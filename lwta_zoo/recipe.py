@@ -64,7 +64,10 @@ class ScheduleSection:
 
 @dataclass
 class AdversarySection:
-    """Adversarial training. ``fgsm`` is one PGD step of size eps without random start.
+    """Adversarial training. ``fgsm`` is one PGD step of size eps without random start;
+    ``trades`` (Zhang et al. 2019) maximises KL(p_clean || p_adv) from a uniform random start
+    in the ball (TRADES' code starts from 0.001 * N(0, 1)) and trains on
+    CE(clean) + trades_beta * KL(p_clean || p_adv).
 
     ``gradient`` is the gradient the training attack follows: ``model`` (the sampled
     model's own, as the papers' authors did) or an adaptive one (``mean`` surrogate,

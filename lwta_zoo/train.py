@@ -311,6 +311,7 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         """Train to the end of the recipe (or ``max_steps``), evaluate, export; returns the final metrics."""
         t = self.r.train
+        acc_key = 'train_adv_acc' if self.r.adversary.method != 'none' else 'train_acc'
         stopped = False
         while self.epoch < t.epochs and not stopped:
             self.ddp.train()
@@ -328,7 +329,6 @@ class Trainer:
                 self.step_in_epoch += 1
                 seen, batches = seen + len(y), batches + 1
                 correct += (logits.argmax(1) == y).sum().item()
-                acc_key = 'train_adv_acc' if self.r.adversary.method != 'none' else 'train_acc'
                 bar.set_postfix(loss=f'{loss.item():.3f}', **{acc_key: f'{correct / seen:.3f}'})
                 if self.step % t.log_every == 0:
                     self._log({'step': self.step, 'epoch': self.epoch + self.step_in_epoch / self.steps_per_epoch,
