@@ -1,0 +1,1 @@
+"""Benchmarks for lwta_zoo: ``python -m benchmarks.run`` (see its docstring)."""

@@ -1,0 +1,247 @@
+"""LWTA performance benchmarks: ``python -m benchmarks.run [--quick] [--repeats R] [--batch B]``.
+
+Prints, measured side by side in one run (CPU, and CUDA when available):
+
+1. one LWTA call on a WRN-16-4-sized activation: ReLU, ours (fused), ours (eager), reference;
+2. WRN-16-4 and WRN-34-1 (WRN-34-10 on CUDA) at batch B: train step (forward, ELBO
+   backward, SGD step) and eval forward, LWTA (ours / reference) over ReLU; saved-for-backward
+   memory over ReLU (CPU; peak allocated memory on CUDA);
+3. L-sample prediction (WRN-34-1): L = 1, 5, 20 in one folded batch vs L single forwards;
+4. EoT-20 input gradient (WRN-34-1): batched vs a loop of 20 single-sample gradients;
+5. APGD-CE with EoT-20 (pyautoattack's APGDAttack): its own eot_iter loop vs one batched
+   forward per step (``benchmarks.eot.EoTCrossEntropy``), same attack otherwise.
+
+Timings are interleaved (each repeat runs every variant once, in turn) and reported as
+medians, with the load average, because the machine may be shared. The issue's targets
+(issue 7) are printed beside the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lwta_zoo
+from lwta_zoo import MultiSample, kl_divergence, lwta
+from lwta_zoo.attacks.pgd import input_gradient
+from lwta_zoo.kernels import cpu_library
+from lwta_zoo.layers import lwta_fast
+
+from .eot import EoTCrossEntropy
+from .reference import ReferenceLWTA, to_reference
+
+N_TRAIN = 50_000  # CIFAR-10: the ELBO's KL weight is 1 / N_TRAIN
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def timed(fns: Dict[str, Callable[[], object]], repeats: int, device: torch.device) -> Dict[str, float]:
+    """Median seconds per call of each function, after one warm-up call, interleaved."""
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def report(title: str, medians: Dict[str, float], base: str, targets: Dict[str, str] | None = None) -> None:
+    """Print medians and their ratios to ``base``."""
+    print(f'\n{title}  [load avg {os.getloadavg()[0]:.1f}]')
+    for name, t in medians.items():
+        target = f'   target {targets[name]}' if targets and name in targets else ''
+        print(f'  {name:<34} {t:9.4f} s   x{t / medians[base]:6.2f} vs {base}{target}')
+
+
+def layer_benchmark(args, device: torch.device) -> None:
+    x = torch.randn(args.batch, 64, 32, 32, device=device)
+    xg = x.clone().requires_grad_(True)
+    ref_eval, ref_train = ReferenceLWTA().eval(), ReferenceLWTA().train()
+
+    def train(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], object]:
+        return lambda: fn(xg).sum().backward()
+
+    fns = {
+        'relu_ eval': lambda: torch.relu_(x),
+        'ours eval': lambda: lwta(x),
+        'reference eval': lambda: ref_eval(x),
+        'relu train fwd+bwd': train(torch.relu),
+        'ours train fwd+bwd (+KL)': train(lambda v: (lambda y, kl: y.sum() + kl)(*lwta_fast.relaxed(v, 0.67, True))
+                                          if lwta_fast.supports(v) else lwta(v, training=True)),
+        'reference train fwd+bwd (+KL)': train(lambda v: ref_train(v).sum() + ref_train.kl),
+    }
+    medians = timed(fns, args.repeats * 3, device)
+    with lwta_fast.eager():
+        eager = timed({'ours eager eval': lambda: lwta(x),
+                       'ours eager train fwd+bwd': train(lambda v: lwta(v, training=True))}, args.repeats * 3, device)
+    report(f'1. one activation call, input {tuple(x.shape)}', {**medians, **eager}, 'relu_ eval')
+
+
+def saved_bytes(step: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves for backward in ``step`` (activations)."""
+    storages: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(storages.values())
+
+
+def wrn_benchmark(args, device: torch.device, depth: int, widen: int) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(args.batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    models = {'relu': lwta_zoo.WideResNet(depth=depth, widen_factor=widen, act='relu'),
+              'lwta': lwta_zoo.WideResNet(depth=depth, widen_factor=widen, act='lwta')}
+    models['reference'] = to_reference(lwta_zoo.WideResNet(depth=depth, widen_factor=widen, act='lwta'))
+    optims = {}
+    for name, m in models.items():
+        m.to(device)
+        optims[name] = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+
+    def loss(name: str) -> torch.Tensor:
+        m = models[name].train()
+        out = F.cross_entropy(m(x), y)
+        return out if name == 'relu' else out + kl_divergence(m) / N_TRAIN
+
+    def train_step(name: str) -> Callable[[], object]:
+        def step() -> None:
+            optims[name].zero_grad(set_to_none=True)
+            loss(name).backward()
+            optims[name].step()
+        return step
+
+    def eval_forward(name: str) -> Callable[[], object]:
+        def forward() -> torch.Tensor:
+            with torch.no_grad():
+                return models[name].eval()(x)
+        return forward
+
+    train = timed({f'{n} train step': train_step(n) for n in models}, args.repeats, device)
+    evals = timed({f'{n} eval forward': eval_forward(n) for n in models}, args.repeats, device)
+    title = f'2. WRN-{depth}-{widen}, batch {args.batch}'
+    report(title + ': training step', train, 'relu train step',
+           {'lwta train step': '<= 1.2x relu; <= 1/2 reference'})
+    report(title + ': eval forward', evals, 'relu eval forward',
+           {'lwta eval forward': '<= 1.1x relu; <= 1/3 reference'})
+    print(f'  ours vs reference: train x{train["reference train step"] / train["lwta train step"]:.2f} faster '
+          f'(target >= 2), eval x{evals["reference eval forward"] / evals["lwta eval forward"]:.2f} faster '
+          f'(target >= 3)')
+    memory = {}
+    for name in models:
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+            loss(name).backward()
+            memory[name] = torch.cuda.max_memory_allocated()
+        else:
+            memory[name] = saved_bytes(lambda: loss(name))
+    what = 'peak allocated memory' if device.type == 'cuda' else 'memory saved for backward'
+    print(f'  {what}: ' + ', '.join(f'{n} {b / 2 ** 20:.0f} MiB (x{b / memory["relu"]:.2f})'
+                                     for n, b in memory.items()))
+
+
+def sampling_benchmark(args, device: torch.device, model: nn.Module) -> None:
+    x = torch.rand(args.small_batch, 3, 32, 32, device=device)
+    model.eval()
+    nets = {L: MultiSample(model, samples=L).eval() for L in (1, 5, 20)}
+
+    def predict(L: int) -> Callable[[], object]:
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                return nets[L](x)
+        return run
+
+    def loop(L: int) -> Callable[[], object]:
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                return torch.stack([model(x) for _ in range(L)]).mean(0)
+        return run
+
+    medians = timed({'L=1': predict(1), 'L=5 folded': predict(5), 'L=5 loop of single forwards': loop(5),
+                     'L=20 folded': predict(20), 'L=20 loop of single forwards': loop(20)}, args.repeats, device)
+    report(f'3. L-sample prediction, WRN-34-1 LWTA, batch {len(x)}', medians, 'L=1',
+           {'L=5 folded': '<= 5x L=1'})
+
+
+def eot_benchmark(args, device: torch.device, model: nn.Module) -> None:
+    x = torch.rand(args.small_batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (len(x),), device=device)
+    model.eval()
+    k = 20
+    medians = timed({
+        f'EoT-{k} batched': lambda: input_gradient(model, x, y, eot_samples=k),
+        f'EoT-{k} loop': lambda: torch.stack([input_gradient(model, x, y) for _ in range(k)]).mean(0),
+    }, args.repeats, device)
+    report(f'4. EoT-{k} input gradient, WRN-34-1 LWTA, batch {len(x)}', medians, f'EoT-{k} batched')
+
+
+def apgd_benchmark(args, device: torch.device, model: nn.Module) -> None:
+    from pyautoattack.autopgd_base import APGDAttack
+
+    x = torch.rand(args.small_batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (len(x),), device=device)
+    model.eval()
+    k, steps = 20, args.apgd_steps
+
+    def attack(net: nn.Module, eot_iter: int) -> Callable[[], object]:
+        def run() -> object:
+            # attack_single_run: the APGD loop on every input (perturb would skip the
+            # inputs a random-weight model already misclassifies)
+            apgd = APGDAttack(net, n_iter=steps, eps=8 / 255, loss='ce', eot_iter=eot_iter, seed=0, device=device)
+            apgd.init_hyperparam(x)
+            with torch.enable_grad():
+                return apgd.attack_single_run(x, y)
+        return run
+
+    medians = timed({f'APGD-CE-EoT-{k} batched': attack(EoTCrossEntropy(model, k, y), 1),
+                     f'APGD-CE-EoT-{k} pyautoattack loop': attack(model, k)}, max(1, args.repeats - 1), device)
+    report(f'5. APGD-CE, {steps} steps, EoT-{k}, WRN-34-1 LWTA, batch {len(x)}', medians,
+           f'APGD-CE-EoT-{k} batched', {f'APGD-CE-EoT-{k} pyautoattack loop': '>= 2x batched'})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--batch', type=int, default=128, help='batch for the WRN and layer benchmarks')
+    parser.add_argument('--small-batch', type=int, default=16, help='batch for sampling, EoT and APGD')
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--apgd-steps', type=int, default=5)
+    parser.add_argument('--quick', action='store_true', help='tiny sizes: a smoke test of this script')
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.small_batch, args.repeats, args.apgd_steps = 8, 2, 1, 2
+    devices = [torch.device('cpu')] + ([torch.device('cuda')] if torch.cuda.is_available() else [])
+    print(f'torch {torch.__version__}, {platform.processor() or platform.machine()}, '
+          f'{torch.get_num_threads()} threads, {os.cpu_count()} cores, load avg {os.getloadavg()}; '
+          f'fused CPU kernel: {"built" if cpu_library() is not None else "NOT available (eager fallback)"}')
+    for device in devices:
+        print(f'\n===== {device} =====')
+        layer_benchmark(args, device)
+        for depth, widen in [(16, 4), (34, 1)] + ([(34, 10)] if device.type == 'cuda' else []):
+            wrn_benchmark(args, device, depth, widen)
+        torch.manual_seed(0)
+        model = lwta_zoo.WideResNet(depth=34, widen_factor=1, act='lwta').to(device)
+        sampling_benchmark(args, device, model)
+        eot_benchmark(args, device, model)
+        apgd_benchmark(args, device, model)
+
+
+if __name__ == '__main__':
+    main()
