@@ -4,14 +4,15 @@
 * ``winner_probabilities.png``: the AISTATS paper's Figure 2, mean winning probability of
   each unit of one LWTA layer per true class, benign against PGD inputs;
 * ``logit_trajectories.png``: the AISTATS paper's Figure 3, the logits of one example along
-  a PGD attack, the stochastic model beside its deterministic (ReLU) twin where given.
+  a PGD attack on the model's own gradient, beside PGD on the mean surrogate (what an
+  adaptive attacker sees) and the deterministic (ReLU) twin where given.
 """
 from __future__ import annotations
 
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import matplotlib
 
@@ -70,13 +71,15 @@ def plot_winner_probabilities(model: nn.Module, x: torch.Tensor, x_adv: torch.Te
         probs = winner_probabilities(model, layer, inputs, y)
         im = ax.imshow(np.stack(list(probs.values()))[:, :max_units], cmap='Greys', vmin=0, vmax=1, aspect='auto')
         ax.set_yticks(range(len(probs)), [str(c) for c in probs])
-        ax.set(title=f'{title}: {layer.layer_name}, U={layer.U}', xlabel='unit', ylabel='true class')
+        ax.set(title=title, xlabel='unit', ylabel='true class')
+    fig.suptitle(f'{layer.layer_name}, U={layer.U}: mean winning probability per true class')
     fig.colorbar(im, ax=axes, label='winning probability')
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def logit_trajectory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int) -> np.ndarray:
+def logit_trajectory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
+                     gradient: str = 'model') -> np.ndarray:
     """(steps + 1, classes): the model's logits (one fresh prediction) at each PGD iterate of one example."""
     logits = []
 
@@ -85,17 +88,17 @@ def logit_trajectory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
             logits.append(model(x_adv)[0].cpu().numpy())
 
     record(x)
-    pgd(model, x, y, eps, 2.5 * eps / steps, steps, callback=record)
+    pgd(model, x, y, eps, 2.5 * eps / steps, steps, gradient=gradient, callback=record)
     return np.stack(logits)
 
 
-def plot_logit_trajectories(models: Dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, path: os.PathLike,
-                            eps: float, steps: int = 100) -> None:
-    """The AISTATS paper's Figure 3: one panel of logit trajectories per model, same example and seed."""
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
-    for ax, (name, m) in zip(axes[0], models.items()):
+def plot_logit_trajectories(panels: Dict[str, Tuple[nn.Module, str]], x: torch.Tensor, y: torch.Tensor,
+                            path: os.PathLike, eps: float, steps: int = 100) -> None:
+    """The AISTATS paper's Figure 3: per panel, title -> (model, PGD gradient); same example and seed."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (name, (m, gradient)) in zip(axes[0], panels.items()):
         torch.manual_seed(0)
-        traj = logit_trajectory(m, x[:1], y[:1], eps, steps)
+        traj = logit_trajectory(m, x[:1], y[:1], eps, steps, gradient)
         true = int(y[0])
         for c in range(traj.shape[1]):
             ax.plot(traj[:, c], lw=2.5 if c == true else 1, label=f'class {c}' + (' (true)' if c == true else ''))
@@ -123,7 +126,11 @@ def make_figures(report: Dict[str, Any], model: nn.Module, x: torch.Tensor, y: t
     with torch.no_grad():
         correct = (model(x).argmax(1) == y).nonzero().flatten()
     i = int(correct[0]) if len(correct) else 0
-    models = {'stochastic model': model, **({'deterministic twin': twin.eval()} if twin is not None else {})}
+    panels = {'stochastic model, PGD on its own gradient': (model, 'model')}
+    if any(True for _ in lwta_modules(model)):
+        panels['stochastic model, PGD on the mean surrogate'] = (model, 'mean')
+    if twin is not None:
+        panels['deterministic twin'] = (twin.eval(), 'model')
     paths.append(out / 'logit_trajectories.png')
-    plot_logit_trajectories(models, x[i:i + 1], y[i:i + 1], paths[-1], eps)
+    plot_logit_trajectories(panels, x[i:i + 1], y[i:i + 1], paths[-1], eps)
     return paths

@@ -219,6 +219,7 @@ def evaluate(
 
     ``random_inputs`` uniform-noise images feed the Random attack (0 skips it). Under
     torchrun each process takes every world-size-th batch and all return the merged report.
+    Times: ``time_s`` sums every batch (all processes, earlier runs resumed); ``wall_s`` is this call.
     """
     if repeats < 1 or batch_size < 1:
         raise ValueError(f'need repeats >= 1 and batch_size >= 1, got {repeats}, {batch_size}')
@@ -328,7 +329,7 @@ def _report(states: List[Dict[str, Any]], attacks: Sequence[Attack], y: torch.Te
             'low_confidence_fraction': random_frac},
         'per_example': {'label': y.tolist(), 'correct_of_repeats': {k: v.tolist() for k, v in counts.items()},
                         'worst_case': worst.tolist(), 'worst_case_all': worst_all.tolist()},
-        'time_s': wall, 'clean_time_s': seconds['clean'],
+        'time_s': sum(seconds.values()), 'wall_s': wall, 'clean_time_s': seconds['clean'],
         'seeds': {'seed': config['seed'], 'rule': "torch.manual_seed(crc32(f'{seed}/{attack}/{first example}')) "
                                                   'before each batch; pyautoattack gets the same seed'},
         **environment(),
