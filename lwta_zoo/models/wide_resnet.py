@@ -100,9 +100,11 @@ def _wrn_cfg(name: str, **kwargs) -> Dict[str, Any]:
 
 _ARCHS = {'wrn34_1': (34, 1), 'wrn34_5': (34, 5), 'wrn34_10': (34, 10), 'wrn28_10': (28, 10)}
 
+# The WRN paper authors' checkpoint, converted by tools/make_authors_weights.py (lwta_zoo/weights/),
+# is the default (and so far only) weights of wrn34_1_lwta: its untagged cfg is left out.
 default_cfgs = generate_default_cfgs({
-    **{name + suffix: _wrn_cfg(name + suffix) for name in _ARCHS for suffix in ('', '_lwta')},
-    # The WRN paper authors' checkpoint, converted by tools/make_authors_weights.py (lwta_zoo/weights/).
+    **{name + suffix: _wrn_cfg(name + suffix) for name in _ARCHS for suffix in ('', '_lwta')
+       if name + suffix != 'wrn34_1_lwta'},
     'wrn34_1_lwta.authors_pgd': _wrn_cfg(
         'wrn34_1_lwta.authors_pgd', license='unknown',
         origin_url='https://github.com/konpanousis/Adversarial-LWTA-AutoAttack',
