@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Beta, Kumaraswamy, kl_divergence as td_kl
 from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
 
-from lwta_zoo.layers import LWTA, IBPConv2d, IBPLinear, IBPMask, ibp_keep_fraction, kl_divergence, set_ibp_mode
+from lwta_zoo.layers import LWTA, IBPConv2d, IBPLinear, IBPMask, ibp_keep_fraction, kl_divergence, set_mode
 from lwta_zoo.layers.ibp import binary_concrete_log_density, kumaraswamy_beta_kl, kumaraswamy_log_rsample
 
 A = torch.tensor([0.5, 1.0, 2.0, 5.0, 30.0], dtype=torch.float64)
@@ -191,9 +191,9 @@ def test_keep_fraction_report_counts_pruned_connections_and_kernels():
 
 def test_set_ibp_mode_and_bad_arguments():
     model = nn.Sequential(IBPLinear(3, 4))
-    assert set_ibp_mode(model, 'mean')[0].ibp.mode == 'mean'
+    assert set_mode(model, 'mean')[0].ibp.mode == 'mean'
     with pytest.raises(ValueError, match='mode'):
-        set_ibp_mode(model, 'soft')
+        set_mode(model, 'soft')
     with pytest.raises(ValueError, match='U=3 must be a positive integer dividing the 4'):
         IBPLinear(3, 4, U=3)
     with pytest.raises(ValueError, match='IBPConv2d: U=0'):

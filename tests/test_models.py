@@ -42,7 +42,7 @@ def test_timm_model_interface(name):
     x = torch.rand(2, chans, size, size)
     cfg = model.pretrained_cfg
     assert cfg['input_size'] == (chans, size, size) and cfg['num_classes'] == model.num_classes == 10
-    assert cfg['hf_hub_id'].endswith(name) and cfg['license']
+    assert cfg['hf_hub_id'].startswith(f'{lwta_zoo.models.HF_ORG}/{name}') and cfg['license']
     sd = model.state_dict()
     assert f"{cfg['first_conv']}.weight" in sd and f"{cfg['classifier']}.weight" in sd
     assert model.get_classifier() is model.fc

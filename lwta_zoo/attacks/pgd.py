@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers.lwta import lwta_modules
+from ..layers.lwta import LWTA
+from ..layers.stochastic import stochastic_modules
 
 GRADIENTS = ('model', 'mean', 'max', 'ste', 'eot')
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -26,20 +27,26 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @contextmanager
 def gradient_surrogate(model: nn.Module, gradient: str) -> Iterator[None]:
-    """Temporarily put every LWTA layer of ``model`` in the state ``gradient`` asks for."""
+    """Temporarily put every stochastic layer of ``model`` in the state ``gradient`` asks for.
+
+    'mean' / 'max' switch LWTA activations and IBP masks alike; 'ste' applies to LWTA.
+    """
     if gradient not in GRADIENTS:
         raise ValueError(f'gradient must be one of {GRADIENTS}, got {gradient!r}')
-    layers = list(lwta_modules(model))
-    saved = [(m.mode, m.straight_through) for m in layers]
+    layers = list(stochastic_modules(model))
+    saved = [(m.mode, getattr(m, 'straight_through', False)) for m in layers]
     for m in layers:
         if gradient in ('mean', 'max'):
             m.mode = gradient
-        m.straight_through = gradient == 'ste'
+        if isinstance(m, LWTA):
+            m.straight_through = gradient == 'ste'
     try:
         yield
     finally:
         for m, (mode, st) in zip(layers, saved):
-            m.mode, m.straight_through = mode, st
+            m.mode = mode
+            if isinstance(m, LWTA):
+                m.straight_through = st
 
 
 def input_gradient(

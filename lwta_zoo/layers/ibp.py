@@ -232,16 +232,6 @@ def ibp_layers(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
     return ((n, m) for n, m in model.named_modules() if isinstance(m, (IBPLinear, IBPConv2d)))
 
 
-def set_ibp_mode(model: nn.Module, mode: str) -> nn.Module:
-    """Switch every IBP mask in ``model`` to 'sample', 'max' or 'mean' (see ``IBPMask``)."""
-    if mode not in MODES:
-        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
-    for m in model.modules():
-        if isinstance(m, IBPMask):
-            m.mode = mode
-    return model
-
-
 @torch.no_grad()
 def ibp_keep_fraction(model: nn.Module) -> List[Dict[str, Any]]:
     """How much of each IBP layer survives: one row a layer, then a 'total' row.

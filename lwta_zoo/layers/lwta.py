@@ -193,21 +193,3 @@ def track_kl(model: nn.Module) -> nn.Module:
         model.register_forward_pre_hook(_reset_kl)
         model._lwta_kl_hook = True
     return model
-
-
-def set_mode(model: nn.Module, mode: str) -> nn.Module:
-    """Switch every LWTA layer in ``model`` to 'sample', 'max' or 'mean'."""
-    if mode not in MODES:
-        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
-    for m in lwta_modules(model):
-        m.mode = mode
-    return model
-
-
-def kl_divergence(model: nn.Module) -> torch.Tensor:
-    """Sum of the KL terms every stochastic layer recorded in the last training forward."""
-    terms = [m.kl for m in model.modules() if getattr(m, 'kl', None) is not None]
-    if not terms:
-        device = next(model.parameters(), torch.empty(0)).device
-        return torch.zeros((), device=device)
-    return torch.stack(terms).sum()
