@@ -80,16 +80,14 @@ def plot_winner_probabilities(model: nn.Module, x: torch.Tensor, x_adv: torch.Te
 
 def logit_trajectory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
                      gradient: str = 'model') -> np.ndarray:
-    """(steps + 1, classes): the model's logits (one fresh prediction) at each PGD iterate of one example."""
-    logits = []
+    """(steps + 1, classes): the model's logits (one fresh prediction) at each PGD iterate of one example.
 
-    def record(x_adv: torch.Tensor) -> None:
-        with torch.no_grad():
-            logits.append(model(x_adv)[0].cpu().numpy())
-
-    record(x)
-    pgd(model, x, y, eps, 2.5 * eps / steps, steps, gradient=gradient, callback=record)
-    return np.stack(logits)
+    The logits are those of the model as it is, also when PGD follows a surrogate gradient.
+    """
+    iterates = [x]
+    pgd(model, x, y, eps, 2.5 * eps / steps, steps, gradient=gradient, callback=iterates.append)
+    with torch.no_grad():
+        return np.stack([model(it)[0].cpu().numpy() for it in iterates])
 
 
 def plot_logit_trajectories(panels: Dict[str, Tuple[nn.Module, str]], x: torch.Tensor, y: torch.Tensor,
