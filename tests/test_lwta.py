@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lwta_zoo import LWTA, kl_divergence, lwta, set_mode
-from lwta_zoo.layers import lwta_kl
+from lwta_zoo.layers import lwta_fast, lwta_kl
 
 
 def _blocks(y: torch.Tensor, U: int) -> torch.Tensor:
@@ -164,3 +164,20 @@ def test_inplace_argument_is_accepted_like_relu():
     x0 = x.clone()
     LWTA(inplace=True).eval()(x)
     assert torch.equal(x, x0)  # never modifies its input (autograd needs it)
+
+
+def test_straight_through_replaces_the_relaxed_samples_gradient_too():
+    # with eval_tau (the authors' protocol) the forward is the soft sample, the backward softmax(h)
+    x = torch.randn(64, 6, requires_grad=True)
+    torch.manual_seed(3)
+    y_st = lwta(x, eval_tau=0.01, straight_through=True)
+    (g_st,) = torch.autograd.grad(y_st.sum(), x)
+    torch.manual_seed(3)
+    with lwta_fast.eager():  # the same noise as the straight-through call, which runs eager
+        y = lwta(x, eval_tau=0.01)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.allclose(y_st, y, atol=1e-6)
+    hb = _blocks(x, 2).detach().requires_grad_(True)
+    xi = _blocks(y, 2).detach() / hb.detach()
+    (expected,) = torch.autograd.grad((hb * (xi + hb.softmax(2) - hb.softmax(2).detach())).sum(), hb)
+    assert torch.allclose(g_st, expected.flatten(1), atol=1e-5) and not torch.allclose(g_st, g, atol=1e-3)

@@ -67,8 +67,9 @@ def lwta(
 ) -> torch.Tensor:
     """Functional LWTA over blocks of U adjacent channels; see the module docstring.
 
-    ``straight_through`` gives the exact eval-time sample the gradient of softmax(h)
-    (a straight-through estimator, for attacks that differentiate the hard sample).
+    ``straight_through`` keeps the sample's forward value but differentiates it as softmax(h)
+    (a straight-through estimator, for attacks that differentiate the sampled model), whether
+    the sample is exact or relaxed (``eval_tau``, training).
     """
     h = _blocks(x, U, name)
     if mode == 'max':
@@ -86,6 +87,8 @@ def lwta(
         xi = ((h + gumbel) / (tau if training else eval_tau)).softmax(2)
         if hard and training:
             xi = _one_hot_max(xi) - xi.detach() + xi
+        elif straight_through:
+            xi = xi.detach()
     else:
         # Exact categorical sample: argmax of h + Gumbel noise. For U=2 this is one
         # comparison of h1 - h2 against logistic noise (one uniform draw per block).
@@ -96,9 +99,9 @@ def lwta(
                 xi = torch.stack((first, ~first), 2).to(h.dtype)
             else:
                 xi = _one_hot_max(h - torch.empty_like(h).exponential_().log())
-        if straight_through:
-            p = h.softmax(2)
-            xi = xi + p - p.detach()
+    if mode == 'sample' and straight_through:
+        p = h.softmax(2)
+        xi = xi + p - p.detach()
     return (h * xi).flatten(1, 2)
 
 
