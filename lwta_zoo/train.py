@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -38,8 +39,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .attacks.pgd import pgd
-from .data import ImageDataset, dataset_info, load_dataset
-from .layers.lwta import kl_divergence
+from .data import DatasetNotFound, dataset_info, load_dataset
+from .layers.stochastic import kl_divergence
 from .recipe import Recipe, RecipeError, load_recipe
 from .sampling import set_samples
 
@@ -432,9 +433,13 @@ def _run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data_dir is not None:
         overrides.append(f'data.root={args.data_dir}')
-    recipe = load_recipe(args.recipe, overrides)
-    output = args.output or Path('runs') / Path(args.recipe).stem
-    train(recipe, output, resume=args.resume, max_steps=args.max_steps)
+    try:
+        recipe = load_recipe(args.recipe, overrides)
+        output = args.output or Path('runs') / Path(args.recipe).stem
+        train(recipe, output, resume=args.resume, max_steps=args.max_steps)
+    except (RecipeError, DatasetNotFound) as e:  # the user's to fix: the message, not a traceback
+        print(f'lwta-zoo train: error: {e}', file=sys.stderr)
+        return 2
     return 0
 
 

@@ -25,7 +25,7 @@ import lwta_zoo  # noqa: F401  (registers the models)
 from lwta_zoo.data import DatasetNotFound
 from lwta_zoo.layers.lwta import LWTA
 from lwta_zoo.recipe import AdversarySection, RecipeError, load_recipe, recipe_from_dict
-from lwta_zoo.train import Trainer, train
+from lwta_zoo.train import Trainer, lr_factor, main, train
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 64, 32
@@ -197,7 +197,7 @@ def test_ddp_two_gloo_processes_train_and_write_one_checkpoint(data_root: Path, 
     assert len([r for r in read_log(out) if 'final' in r]) == 1  # rank 0 logs once
 
 
-def test_bad_recipes_fail_before_any_work(data_root: Path, tmp_path: Path) -> None:
+def test_bad_recipes_fail_before_any_work(data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     good = tiny_recipe(data_root)
     with pytest.raises(RecipeError, match=r"unknown recipe key\(s\) \['train.epoch'\]"):
         recipe_from_dict(good, ['train.epoch=3'])
@@ -216,6 +216,8 @@ def test_bad_recipes_fail_before_any_work(data_root: Path, tmp_path: Path) -> No
     bad_file.write_text(yaml.safe_dump({**good, 'extra': 1}))
     with pytest.raises(RecipeError, match=f"{bad_file}.*'extra'"):
         load_recipe(bad_file)
+    assert main([str(bad_file), '--output', str(tmp_path / 'run')]) == 2  # the CLI: a message, exit status 2
+    assert "'extra'" in capsys.readouterr().err
     # A dataset that is not there: the error names where it looked, and nothing is written.
     missing = recipe_from_dict(good, ['data.name=cifar10', f'data.root={tmp_path / "nowhere"}'])
     with pytest.raises(DatasetNotFound, match='nowhere'):
@@ -228,3 +230,9 @@ def test_every_shipped_recipe_is_valid() -> None:
     assert recipes
     for path in recipes:
         load_recipe(path)
+
+
+def test_wrn_paper_schedule_halves_the_lr_every_epoch_after_the_75th(data_root: Path) -> None:
+    recipe = load_recipe(ROOT / 'recipes' / 'cifar10_wrn34_10_lwta_pgd.yaml')
+    # epochs are 0-based here: index 74 is the 75th epoch
+    assert [lr_factor(e, recipe) for e in (0, 74, 75, 76, 99)] == [1.0, 1.0, 0.5, 0.25, 0.5 ** 25]

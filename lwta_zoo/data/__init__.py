@@ -147,7 +147,8 @@ def _from_idx(files: Sequence[Path], info: DatasetInfo, split: str) -> Arrays:
 def _search_dirs(name: str, info: DatasetInfo, root: Optional[Path]) -> List[Path]:
     bases = [p for p in (root, data_home()) if p is not None]
     dirs = [d for b in bases for d in (b, b / name)]
-    dirs += [data_home() / info.torchvision_cls.__name__ / 'raw'] + [Path(d) for d in info.idx_dirs]
+    if info.shape[0] == 1:  # IDX datasets: torchvision's download folder and system folders
+        dirs += [data_home() / info.torchvision_cls.__name__ / 'raw'] + [Path(d) for d in info.idx_dirs]
     return list(dict.fromkeys(dirs))
 
 
@@ -192,7 +193,7 @@ def load_arrays(name: str, split: str, root: Optional[os.PathLike] = None, downl
         found = _local(name, info, split, folder) if folder.is_dir() else None
         if found is not None:
             return _checked(found, name, info, f'{folder}')
-        tried.append(f'local files in {folder}')
+        tried.append(f'local files in {folder}' + ('' if folder.is_dir() else ' (no such folder)'))
     sources: List[Tuple[str, Callable[[], Arrays]]] = []
     if download and info.hf_id:
         sources.append((f'Hugging Face datasets {info.hf_id!r}', lambda: _from_hf(info, split)))
