@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 from typing import List, Optional
 
@@ -27,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(['lwta-zoo', *argv])  # recorded in reports, so numbers say where they came from
     return args.func(args) or 0
 
 

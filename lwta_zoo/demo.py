@@ -50,7 +50,8 @@ def run_demo(args: argparse.Namespace) -> int:
         report = evaluate(model, x, y, attacks, repeats=args.repeats, batch_size=args.batch_size, seed=args.seed,
                           random_inputs=0, output=out,
                           meta={'model': args.model, 'protocol': protocol, **kwargs, 'data': SUBSET.name,
-                                'indices': index.tolist(), 'command': 'lwta-zoo demo'})
+                                'indices': index.tolist(),
+                                'command': getattr(args, 'command_line', 'lwta-zoo demo')})
         plots.plot_robust_vs_eps(report, out / 'robust_vs_eps.png')
         print(f'\n## {args.model}, {protocol}\n')
         print((out / 'report.md').read_text())

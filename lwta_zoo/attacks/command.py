@@ -100,7 +100,8 @@ def run_eval(args: argparse.Namespace) -> int:
     report = evaluate(model, x, y, attacks, repeats=args.repeats, batch_size=args.batch_size, seed=args.seed,
                       random_inputs=args.random_inputs, output=args.output, resume=args.resume,
                       progress=not args.no_progress,
-                      meta={'model': args.model, 'eval_tau': args.eval_tau, 'data': args.data,
+                      meta={'command': getattr(args, 'command_line', None), 'model': args.model,
+                            'eval_tau': args.eval_tau, 'data': args.data,
                             'indices': index.tolist(), 'dataset_budgets': dataset, 'twin': args.twin})
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
