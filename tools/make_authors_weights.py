@@ -7,15 +7,29 @@ paper's setting), seeds 0-2, both with exact samples (the paper) and with the au
 relaxation at temperature 0.01, then exports again with those measurements in the model card.
 Deterministic on CPU: rerunning it rewrites the same files.
 
-    python tools/make_authors_weights.py [--source PATH]
+``--reports DIR ...`` publishes ``lwta-zoo eval`` reports with the weights: their results go into
+the model card and each DIR/report.json (+ report.md) is copied to eval/<DIR name>/ beside them.
+The shipped reports came from (see each report's ``command``)::
+
+    lwta-zoo eval wrn34_1_lwta.authors_pgd --eval-tau 0.01 --data lwta_zoo/data/cifar10_test_500.npz \
+        --n 100 --batch-size 50 --output runs/authors_tau0.01_n100 --adaptive-steps 20 --threads 1 \
+        --attacks pgd20,pgd_mean,pgd_max,pgd_ste,apgd_mean --random-inputs 1000
+    lwta-zoo eval wrn34_1_lwta.authors_pgd --data lwta_zoo/data/cifar10_test_500.npz \
+        --n 100 --batch-size 50 --output runs/authors_exact_n100 --adaptive-steps 20 --threads 1 \
+        --attacks pgd20,pgd_mean,pgd_ste,apgd_mean --random-inputs 1000
+
+    python tools/make_authors_weights.py [--source PATH] [--reports runs/authors_tau0.01_n100 runs/authors_exact_n100]
 """
 import argparse
+import json
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lwta_zoo.attacks.suite import card_results
 from lwta_zoo.hub import import_checkpoint, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +46,11 @@ SUMMARY = (
     'layer, and at test time draws the relaxation at temperature 0.01 rather than exact samples. This model '
     "draws exact samples by default (the paper); `lwta_args={'eval_tau': 0.01}` reproduces the authors' test "
     'protocol. The paper reports 87.0% natural accuracy (L=1, full CIFAR-10 test set, its Table 1); the figures '
-    'below are our measurements on a 500-image JPEG re-encoded subset, which costs about 1-3 points.')
+    'below are our measurements on a 500-image JPEG re-encoded subset, which costs about 1-3 points. '
+    "Robustness: the results set the WRN paper's protocol (PGD-20 on the model's own gradient) beside "
+    'adaptive attacks (PGD and APGD through the mean and max surrogates, straight-through gradients), under '
+    "the authors' test-time relaxation and with exact samples; the per-example worst case over all of them "
+    'is the figure to rely on, not the paper protocol alone.')
 
 
 def clean_accuracy(folder: Path, eval_tau, seed: int) -> float:
@@ -50,6 +68,7 @@ def clean_accuracy(folder: Path, eval_tau, seed: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--source', type=Path, default=ROOT.parent / 'shared/data/authors_wrn34_1_lwta_cifar10_pgd.pt')
+    p.add_argument('--reports', type=Path, nargs='*', default=[], help='lwta-zoo eval output folders to publish')
     args = p.parse_args()
     torch.set_num_threads(1)
     out = ROOT / 'lwta_zoo/weights' / NAME
@@ -61,10 +80,18 @@ def main() -> None:
             results.append({'name': f'clean accuracy ({label})', 'value': round(float(np.mean(per_seed)), 4),
                             'samples': 1, 'eval_tau': eval_tau, 'seeds': list(SEEDS), 'per_seed': per_seed})
             print(results[-1])
+    reports = {folder.name: json.loads((folder / 'report.json').read_text()) for folder in args.reports}
+    for report in reports.values():
+        label = 'exact samples' if report.get('eval_tau') is None else f"relaxation at temperature {report['eval_tau']}"
+        results += card_results(report, label)
     metrics = {'dataset': 'cifar10', 'dataset_name': 'CIFAR-10', 'split': 'test', 'dataset_args': {
         'subset': 'lwta_zoo/data/cifar10_test_500.npz: the first 50 images of each class, from a public JPEG '
                   're-encoding of the CIFAR-10 test set', 'examples': 500}, 'results': results}
     import_checkpoint(args.source, NAME, out, layout='authors-lwta', metrics=metrics, provenance={'summary': SUMMARY})
+    for folder in args.reports:
+        (out / 'eval' / folder.name).mkdir(parents=True, exist_ok=True)
+        for file in ('report.json', 'report.md'):
+            shutil.copy(folder / file, out / 'eval' / folder.name / file)
     print(f'wrote {out.relative_to(ROOT)}')
 
 

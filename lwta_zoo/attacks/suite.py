@@ -357,6 +357,23 @@ def markdown_table(report: Dict[str, Any]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def card_results(report: Dict[str, Any], label: str) -> List[Dict[str, Any]]:
+    """The report as model-card results (``lwta_zoo.hub`` metrics): clean, each attack, worst case.
+
+    ``label`` names the evaluation protocol (e.g. 'exact samples'); each result carries the
+    attack's settings and what it was measured on (n, R and the rule, L, eval_tau, seed, data, command).
+    """
+    common = {'protocol_label': label, 'examples': report['n'], 'repeats': report['repeats'],
+              'samples': report.get('samples'), 'eval_tau': report.get('eval_tau'), 'seed': report['seeds']['seed'],
+              'data': report.get('data'), 'command': report.get('command')}
+    rows = [{'name': f'clean accuracy ({label})', 'value': report['clean_accuracy'], **common}]
+    rows += [{'name': f'{name} robust accuracy ({label})', 'value': a['robust_accuracy'], 'protocol': a['protocol'],
+              **{k: v for k, v in a['settings'].items()}, **common} for name, a in report['attacks'].items()]
+    rows.append({'name': f'worst-case robust accuracy ({label})', 'value': report['worst_case_accuracy'],
+                 'over': sorted(report['attacks']), **common})
+    return rows
+
+
 def _fmt(v: Any) -> str:
     return f'{v:.4g}' if isinstance(v, float) else str(v)
 

@@ -1,0 +1,108 @@
+"""Write MODEL_CARDS.md from what the repo ships: the weights under lwta_zoo/weights/ with the
+measurements in their config.json (and eval/*/report.json), the zoo's architectures without
+weights and the recipes that would train them, and the papers' own figures, quoted as theirs.
+
+    python tools/make_model_cards.py
+"""
+import json
+import re
+from pathlib import Path
+from typing import Any, Dict, List
+
+import yaml
+
+import lwta_zoo
+from lwta_zoo.hub import SHIPPED_WEIGHTS
+from lwta_zoo.models import zoo_model_names
+
+ROOT = Path(__file__).resolve().parents[1]
+ROBUSTBENCH_ALIAS = re.compile(r'_(cifar10|cifar100|imagenet)_(linf|l2|corruptions)$')  # name_dataset_threat
+
+PAPERS = """## The papers' own figures (quoted; not measured here)
+
+WRN paper (Panousis, Chatzis, Theodoridis 2021), CIFAR-10 test set, eps 8/255, L=1, PGD adversarial
+training; "Baseline" is the ReLU network of Wu et al. (2021):
+
+| WRN-34-k | natural, baseline | natural, stochastic LWTA | PGD-20 (step 0.007), baseline | PGD-20, stochastic LWTA |
+|---|---|---|---|---|
+| 1 | 74.04 | 87.0 | 49.24 | 81.87 |
+| 5 | 83.95 | 91.88 | 54.36 | 83.4 |
+| 10 | 85.41 | 92.26 | 55.78 | 84.3 |
+
+| WRN-34-k, stochastic LWTA | AutoAttack (Table 2) | APGD-CE + EoT 20 (Table 3) | APGD-DLR + EoT 20 (Table 3) |
+|---|---|---|---|
+| 1 | 74.71 | 79.67 | 76.15 |
+| 5 | 81.22 | 81.67 | 77.65 |
+| 10 | 82.60 | 82.55 | 79.00 |
+
+The AISTATS paper (Panousis, Chatzis, Alexos, Theodoridis 2021) reports its MNIST and CIFAR-10
+figures in its Tables 2-7 (ECOC networks; PGD, CW, Blind-Spot and Random attacks);
+`python tools/aistats_report.py --param-counts` sets its parameter counts beside ours.
+"""
+
+
+def _pct(v: Any) -> str:
+    return f'{100 * v:.1f}' if isinstance(v, (int, float)) else ''
+
+
+def _published() -> List[str]:
+    rows = ['| model | data | protocol | clean | robust accuracy per attack | worst case | L | n (R) | command |',
+            '|---|---|---|---|---|---|---|---|---|']
+    for folder in sorted(p for p in SHIPPED_WEIGHTS.iterdir() if (p / 'config.json').is_file()):
+        metrics = json.loads((folder / 'config.json').read_text()).get('metrics') or {}
+        by_protocol: Dict[str, List[Dict[str, Any]]] = {}
+        for r in metrics.get('results', []):
+            by_protocol.setdefault(r.get('protocol_label', ''), []).append(r)
+        for label, results in by_protocol.items():
+            if not label:  # clean-only measurements on the whole shipped subset
+                for r in results:
+                    rows.append(f"| {folder.name} | {metrics.get('dataset_args', {}).get('subset', '')} | "
+                                f"{r['name']} | {_pct(r['value'])} (seeds {r.get('seeds')}) | | | "
+                                f"{r.get('samples')} | {metrics.get('dataset_args', {}).get('examples')} | "
+                                f'`python tools/make_authors_weights.py` |')
+                continue
+            clean = next(r for r in results if r['name'].startswith('clean'))
+            worst = next(r for r in results if r['name'].startswith('worst'))
+            attacks = '; '.join(f"{r['name'].split(' robust')[0]} ({r.get('protocol')}) {_pct(r['value'])}"
+                                for r in results if r not in (clean, worst))
+            rows.append(f"| {folder.name} | {clean.get('data')} | {label} | {_pct(clean['value'])} | {attacks} | "
+                        f"**{_pct(worst['value'])}** | {clean.get('samples')} | {clean['examples']} "
+                        f"({clean['repeats']}) | `{clean.get('command')}` |")
+    return rows
+
+
+def _unpublished() -> List[str]:
+    published = {p.name.split('.')[0] for p in SHIPPED_WEIGHTS.iterdir()}
+    recipes: Dict[str, List[str]] = {}
+    for path in sorted((ROOT / 'recipes').glob('*.yaml')):
+        model = (yaml.safe_load(path.read_text()) or {}).get('model') or {}
+        recipes.setdefault(model.get('name'), []).append(f'`recipes/{path.name}`')
+    rows = ['| architecture | recipes that train it |', '|---|---|']
+    rows += [f"| {name} | {', '.join(recipes.get(name, [])) or 'none yet'} |"
+             for name in zoo_model_names() if name not in published and not ROBUSTBENCH_ALIAS.search(name)]
+    return rows
+
+
+def main() -> None:
+    text = '\n'.join([
+        '# Model cards', '',
+        '<!-- written by `python tools/make_model_cards.py`; edit the tool, not this file -->', '',
+        'Every figure below was measured by the command in its row, on the data it names, and is rerun '
+        'by that command. Robust accuracy: an adversarial input counts as defended when the stochastic '
+        'model classifies it correctly in a majority of R fresh predictions (clean inputs too); the '
+        "worst case is per example over every attack in the row. Eps 8/255 unless the attack's "
+        'settings say otherwise (the full settings, seeds, versions and machine are in the model card '
+        'and in `lwta_zoo/weights/<model>/eval/*/report.json`). "WRN paper" marks that paper\'s own '
+        'protocol; "adaptive" marks attacks built for stochastic models.', '',
+        f'lwta_zoo {lwta_zoo.__version__}.', '',
+        '## Published weights', '', *_published(), '',
+        'RobustBench names of published weights (`load_model(name, dataset, threat)` finds them through timm): '
+        + ', '.join(f'`{n}`' for n in zoo_model_names() if ROBUSTBENCH_ALIAS.search(n)) + '.', '',
+        '## Architectures without weights yet', '', *_unpublished(), '',
+        PAPERS])
+    (ROOT / 'MODEL_CARDS.md').write_text(text)
+    print('wrote MODEL_CARDS.md')
+
+
+if __name__ == '__main__':
+    main()
