@@ -65,11 +65,11 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument('--model', default='wrn34_1_lwta', help='hubconf entrypoint with published weights')
-    parser.add_argument('--n', type=int, default=32, help='test examples (a seeded subset of the shipped 500)')
+    parser.add_argument('--n', type=int, default=100, help='test examples (a seeded subset of the shipped 500)')
     parser.add_argument('--samples', type=int, default=1, help='L samples a prediction')
     parser.add_argument('--repeats', type=int, default=5, help='R fresh predictions per adversarial input')
     parser.add_argument('--steps', type=int, default=20, help='steps of the adaptive attacks')
-    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--batch-size', type=int, default=50)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--output', default='runs/demo', help='folder for report.json, report.md and the plot')
