@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmarks.eot import EoTCrossEntropy
-from benchmarks.reference import ReferenceLWTA, to_reference
+from benchmarks.reference import to_reference
 from lwta_zoo import LWTA
 
 

@@ -2,7 +2,6 @@
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.distributions import Bernoulli, Beta, Kumaraswamy, kl_divergence as td_kl
 from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
 

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -32,22 +31,10 @@ def load_model(spec: str, samples: Optional[int] = None, eval_tau: Optional[floa
     return load_pretrained(spec, **kwargs).eval()
 
 
-def read_npz(path: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``images`` (uint8 N x H x W x C) and ``labels`` of an .npz, as uint8 NCHW and int64 tensors."""
-    with np.load(path) as d:
-        missing = {'images', 'labels'} - set(d.files)
-        if missing:
-            raise KeyError(f'{path} lacks {sorted(missing)} (has {d.files})')
-        images, labels = d['images'], d['labels']
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f'{path}: images must be uint8 N x H x W x C, got {images.dtype} {images.shape}')
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels.astype(np.int64))
-
-
 def load_data(spec: str, n: Optional[int] = None, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inputs in [0, 1], labels and dataset indices of ``n`` test examples (``lwta_zoo.data.subset``'s
     seeded choice) from an .npz or a dataset name known to ``lwta_zoo.data``."""
-    from ..data import load_arrays, subset
+    from ..data import load_arrays, read_npz, subset
     images, labels = read_npz(spec) if spec.endswith('.npz') else load_arrays(spec, 'test')
     images, index = subset((images, torch.arange(len(labels))), n, seed)
     return images.float().div(255), labels[index], index

@@ -88,7 +88,11 @@ def dataset_info(name: str) -> DatasetInfo:
 
 # --------------------------------------------------------------------------- local files
 
-def _from_npz(path: Path, info: DatasetInfo) -> Arrays:
+def read_npz(path: os.PathLike, channels: Optional[int] = None) -> Arrays:
+    """``images`` (uint8 N x H x W [x C] or N x C x H x W) and ``labels`` of an .npz, as NCHW uint8 and int64.
+
+    Channels-last is recognised by a last axis of ``channels`` (default: 1 or 3) that the second axis is not.
+    """
     with np.load(path) as f:
         if 'images' not in f or 'labels' not in f:
             raise ValueError(f'{path}: expected arrays "images" and "labels", found {list(f.keys())}')
@@ -98,8 +102,10 @@ def _from_npz(path: Path, info: DatasetInfo) -> Arrays:
                          f'got {images.dtype} {tuple(images.shape)}')
     if images.dim() == 3:
         images = images.unsqueeze(1)
-    elif images.shape[-1] == info.shape[0] and images.shape[1] != info.shape[0]:
+    elif images.shape[-1] in ((channels,) if channels else (1, 3)) and images.shape[1] != images.shape[-1]:
         images = images.permute(0, 3, 1, 2)
+    if len(labels) != len(images):
+        raise ValueError(f'{path}: {len(images)} images but {len(labels)} labels')
     return images.contiguous(), labels
 
 
@@ -157,7 +163,7 @@ def _local(name: str, info: DatasetInfo, split: str, folder: Path) -> Optional[A
     npz = folder / f'{split}.npz'
     candidates = [npz] if npz.is_file() else sorted(folder.glob(f'{name}_{split}*.npz'))
     if candidates:
-        return _from_npz(candidates[0], info)
+        return read_npz(candidates[0], info.shape[0])
     if name == 'cifar10' and (folder / 'cifar-10-batches-py').is_dir():
         return _from_torchvision(tv_datasets.CIFAR10(str(folder), train=split == 'train'))
     if name == 'cifar10' and (folder / split).is_dir():

@@ -27,7 +27,6 @@ from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import lwta_fast
 
