@@ -11,7 +11,7 @@ rank's RNG state and the position in the epoch, so ``--resume`` after a kill con
 exactly where the last checkpoint left off. Under ``torchrun`` the same command trains with
 DistributedDataParallel; rank 0 logs, checkpoints and exports.
 
-Outputs in the run folder: ``recipe.yaml``, ``checkpoint.pt``, ``metrics.jsonl``,
+Outputs in the run folder: ``recipe.yaml``, ``checkpoint.safetensors``, ``metrics.jsonl``,
 ``final_metrics.json``, ``export/`` (model.safetensors + config.json + README.md), and
 ``tensorboard/`` if asked for.
 """
@@ -40,11 +40,12 @@ from tqdm import tqdm
 
 from .attacks.pgd import pgd
 from .data import DatasetNotFound, dataset_info, load_dataset
+from .checkpoint import load_state, save_state
 from .layers.stochastic import kl_divergence
 from .recipe import Recipe, RecipeError, load_recipe
 from .sampling import set_samples
 
-CHECKPOINT = 'checkpoint.pt'
+CHECKPOINT = 'checkpoint.safetensors'
 
 
 def elbo_loss(logits: torch.Tensor, y: torch.Tensor, model: nn.Module, n_train: int,
@@ -218,7 +219,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
-        """Write checkpoint.pt atomically (temp file + rename); every rank contributes its RNG state."""
+        """Write the checkpoint atomically (temp file + rename); every rank contributes its RNG state."""
         rng = self.dist.gather(_rng_state(self.device))
         if self.dist.main:
             state = {
@@ -227,16 +228,14 @@ class Trainer:
                 'step_in_epoch': self.step_in_epoch, 'step': self.step, 'world_size': self.dist.world,
                 'recipe': self.r.to_dict(),
             }
-            tmp = self.output / f'{CHECKPOINT}.tmp'
-            torch.save(state, tmp)
-            os.replace(tmp, self.output / CHECKPOINT)
+            save_state(state, self.output / CHECKPOINT)
         self.dist.barrier()
 
     def _load_checkpoint(self) -> None:
         path = self.output / CHECKPOINT
         if not path.is_file():
             raise FileNotFoundError(f'--resume: no checkpoint at {path}')
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        state = load_state(path)
         saved, now = _flatten(state['recipe']), _flatten(self.r.to_dict())
         diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
         if diff:
@@ -451,7 +450,7 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
                         help='override recipe values, e.g. train.epochs=2 adversary.gradient=eot')
     parser.add_argument('--output', type=Path, default=None, help='run folder (default: runs/<recipe name>)')
     parser.add_argument('--max-steps', type=int, default=None, help='stop after N optimizer steps in total')
-    parser.add_argument('--resume', action='store_true', help='continue from <output>/checkpoint.pt')
+    parser.add_argument('--resume', action='store_true', help='continue from <output>/checkpoint.safetensors')
     parser.add_argument('--data-dir', default=None, help='folder of local dataset files (sets data.root)')
     parser.set_defaults(func=_run)
 

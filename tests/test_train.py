@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import yaml
 
 import lwta_zoo  # noqa: F401  (registers the models)
+from lwta_zoo.checkpoint import load_state
 from lwta_zoo.data import DatasetNotFound
 from lwta_zoo.layers.lwta import LWTA
 from lwta_zoo.recipe import AdversarySection, RecipeError, load_recipe, recipe_from_dict
@@ -166,14 +167,14 @@ def test_resume_after_sigkill_gives_identical_weights(data_root: Path, tmp_path:
     assert proc.poll() is None, f'the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}'
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    state = torch.load(killed / 'checkpoint.pt', weights_only=True)
+    state = load_state(killed / 'checkpoint.safetensors')
     assert 0 < state['step_in_epoch'] < steps_per_epoch and state['epoch'] == 1  # a mid-epoch checkpoint
 
     recipe = load_recipe(recipe_file)
     train(recipe, killed, resume=True)
     train(recipe, tmp_path / 'straight')
-    resumed = torch.load(killed / 'checkpoint.pt', weights_only=True)
-    straight = torch.load(tmp_path / 'straight' / 'checkpoint.pt', weights_only=True)
+    resumed = load_state(killed / 'checkpoint.safetensors')
+    straight = load_state(tmp_path / 'straight' / 'checkpoint.safetensors')
     assert resumed['step'] == straight['step'] == 2 * steps_per_epoch
     for k, v in straight['model'].items():
         assert torch.equal(v, resumed['model'][k]), k
@@ -189,8 +190,8 @@ def test_ddp_two_gloo_processes_train_and_write_one_checkpoint(data_root: Path, 
            '-m', 'lwta_zoo.train', str(recipe_file), '--output', str(out)]
     result = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in out.glob('checkpoint*')) == ['checkpoint.pt']
-    state = torch.load(out / 'checkpoint.pt', weights_only=True)
+    assert sorted(p.name for p in out.glob('checkpoint*')) == ['checkpoint.safetensors']
+    state = load_state(out / 'checkpoint.safetensors')
     assert state['world_size'] == 2 and len(state['rng']) == 2
     assert state['step'] == N_TRAIN // (2 * 8)  # each rank saw half of the data per step
     assert not torch.equal(state['rng'][0]['cpu'], state['rng'][1]['cpu'])  # distinct noise per rank

@@ -39,7 +39,7 @@ pretrained tags, so ``timm.create_model('aistats_tanh16_cifar10.lwta_ibp_u2')`` 
 with the same pretrained cfg. 8 names instead of 8 x 9 functions.
 
 ``python tools/aistats_report.py --param-counts`` prints the networks' sizes next to the
-paper's Tables 2 and 3; ``--ibp-report NAME [--checkpoint FILE]`` the fraction IBP keeps.
+paper's Tables 2 and 3; ``--ibp-report NAME [--weights FOLDER]`` the fraction IBP keeps.
 """
 from __future__ import annotations
 
@@ -532,20 +532,19 @@ def param_count_table() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``python tools/aistats_report.py --param-counts | --ibp-report NAME [--checkpoint FILE]``."""
+    """``python tools/aistats_report.py --param-counts | --ibp-report NAME [--weights FOLDER]``."""
     import timm
     parser = argparse.ArgumentParser(prog='tools/aistats_report.py', description=__doc__.split('\n')[0])
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument('--param-counts', action='store_true', help="parameter counts next to the paper's")
     group.add_argument('--ibp-report', metavar='NAME', help="fraction IBP keeps, e.g. 'aistats_softmax_mnist.lwta_ibp_u2'")
-    parser.add_argument('--checkpoint', help='a state_dict file (torch.save) to load into the model first')
+    parser.add_argument('--weights', help="trained weights (lwta_zoo.hub.load_pretrained: a folder, 'hf-hub:', a tag)")
     args = parser.parse_args(argv)
     if args.param_counts:
         print(param_count_table())
         return
-    model = timm.create_model(args.ibp_report)
-    if args.checkpoint:
-        model.load_state_dict(torch.load(args.checkpoint, map_location='cpu', weights_only=True))
+    from ..hub import load_pretrained
+    model = load_pretrained(args.weights) if args.weights else timm.create_model(args.ibp_report)
     rows = ibp_keep_fraction(model)
     if not rows:
         raise SystemExit(f'{args.ibp_report} has no IBP layers (use a *_ibp method)')
