@@ -4,7 +4,8 @@
 activation name.
 """
 from .convert import convert, register_timm_activation
-from .layers import LWTA, kl_divergence, lwta, set_mode
+from .hub import load_pretrained, push_to_hub, save_pretrained
+from .layers import LWTA, IBPConv2d, IBPLinear, kl_divergence, lwta, set_mode
 from .models import SmallCNN, VGGCifar, WideResNet
 from .sampling import MultiSample, set_samples
 
@@ -12,6 +13,6 @@ register_timm_activation()
 
 __version__ = '0.1.0'
 __all__ = [
-    'LWTA', 'MultiSample', 'SmallCNN', 'VGGCifar', 'WideResNet', 'convert', 'kl_divergence', 'lwta',
-    'set_mode', 'set_samples',
+    'IBPConv2d', 'IBPLinear', 'LWTA', 'MultiSample', 'SmallCNN', 'VGGCifar', 'WideResNet', 'convert',
+    'kl_divergence', 'load_pretrained', 'lwta', 'push_to_hub', 'save_pretrained', 'set_mode', 'set_samples',
 ]
