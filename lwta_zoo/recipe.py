@@ -112,7 +112,7 @@ class TrainSection:
     epochs: int = 1
     batch_size: int = 128  # per process (the global batch is this times the world size)
     seed: int = 0
-    kl_weight: float = 1.0  # loss = CE + kl_weight * KL / N_train (1: DESIGN.md's ELBO; N_train: the exact per-example ELBO of LWTA's local KL)
+    kl_weight: float = 1.0  # loss = CE + kl_weight * KL / N_train (1: DESIGN.md's ELBO; see README, The objective)
     checkpoint_every: int = 0  # optimizer steps between checkpoints, besides every epoch end (0: epochs only)
     log_every: int = 50  # optimizer steps between metrics lines
     device: str = 'auto'  # auto | cpu | cuda
