@@ -62,8 +62,8 @@ def set_samples(model: nn.Module, samples: int, average: str | None = None) -> n
     if not targets:
         raise TypeError(
             f'{type(model).__name__} has no sample count: wrap it as lwta_zoo.MultiSample(model, samples={samples})')
-    for m in targets[:1]:  # the outermost one decides; inner ones would multiply L
-        m.num_samples = samples
-        if average is not None:
-            m.sample_average = average
+    outermost = targets[0]  # the outermost one decides; setting inner ones too would multiply L
+    outermost.num_samples = samples
+    if average is not None:
+        outermost.sample_average = average
     return model

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx2  # huggingface_hub's HTTP client
 import huggingface_hub.constants
-import numpy as np
 import pytest
 import timm
 import torch
@@ -278,12 +277,3 @@ def test_import_of_the_authors_checkpoint_reproduces_the_shipped_weights(tmp_pat
     assert shipped['provenance']['learned_temperatures'] == provenance['learned_temperatures']
     with pytest.raises(ValueError, match=r"unexpected keys 31 \[block1\.layer\.0\.lwta1\.temp"):
         hub.import_checkpoint(AUTHORS, 'wrn34_1_lwta', tmp_path / 'x', layout='trades')
-
-
-def test_shipped_authors_weights_reach_the_published_clean_accuracy():
-    """The paper: 87.0% (L=1, full test set); this JPEG re-encoded 500-image subset costs ~1-3 points."""
-    data = np.load(ROOT / 'lwta_zoo/data/cifar10_test_500.npz')
-    x = torch.from_numpy(data['images']).permute(0, 3, 1, 2).float() / 255
-    model = hub.load_pretrained('wrn34_1_lwta.authors_pgd', samples=1)
-    accuracy = (outputs(model, seed=0, x=x).argmax(1).numpy() == data['labels']).mean()
-    assert 0.82 <= accuracy <= 0.90, accuracy

@@ -2,11 +2,11 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from lwta_zoo import hub
+from lwta_zoo.data import read_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRIES = sorted(p.name for p in hub.SHIPPED_WEIGHTS.iterdir() if (p / 'config.json').is_file())
@@ -26,9 +26,8 @@ def test_there_are_published_entries():
 def test_card_clean_accuracy_reproduces(name):
     data_file, results = _seeded_clean_results(name)
     assert results and data_file.is_file()
-    data = np.load(data_file)
-    x = torch.from_numpy(data['images']).permute(0, 3, 1, 2).float() / 255
-    y = torch.from_numpy(data['labels'])
+    images, y = read_npz(data_file)
+    x = images.float() / 255
     for r in results:
         model = hub.load_pretrained(name, samples=r['samples'],
                                     **({'lwta_args': {'eval_tau': r['eval_tau']}} if r['eval_tau'] else {})).eval()
@@ -38,3 +37,6 @@ def test_card_clean_accuracy_reproduces(name):
         # Same seed, same CPU arithmetic: the card's figure to within 2 of 500 images (other CPUs may
         # round a few borderline logits differently).
         assert accuracy == pytest.approx(r['per_seed'][0], abs=0.004), (r['name'], accuracy)
+        if name == 'wrn34_1_lwta.authors_pgd':
+            # the WRN paper: 87.0% (L=1, full test set); this JPEG re-encoded subset costs about 1-3 points
+            assert 0.82 <= accuracy <= 0.90, accuracy

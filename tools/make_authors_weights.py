@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from lwta_zoo.attacks.suite import card_results
+from lwta_zoo.data import read_npz
 from lwta_zoo.hub import import_checkpoint, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,9 +56,8 @@ SUMMARY = (
 
 def clean_accuracy(folder: Path, eval_tau, seed: int) -> float:
     """Clean accuracy of the exported weights on the shipped subset, L=1, one seed."""
-    data = np.load(DATA)
-    x = torch.from_numpy(data['images']).permute(0, 3, 1, 2).float() / 255
-    y = torch.from_numpy(data['labels']).long()
+    images, y = read_npz(DATA)
+    x = images.float() / 255
     lwta_args = {'eval_tau': eval_tau} if eval_tau else None
     model = load_pretrained(folder, samples=1, lwta_args=lwta_args).eval()
     torch.manual_seed(seed)
