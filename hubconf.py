@@ -1,7 +1,9 @@
 """torch.hub entrypoints: ``torch.hub.load('org/lwta', 'wrn34_10_lwta', pretrained=True, samples=5)``.
 
 One entrypoint per model that lwta_zoo registers in timm's registry, named like it and
-documented by it. ``samples`` is the number L of posterior samples averaged at prediction
+documented by it, and one per weights this repo ships, named ``arch.tag`` as in timm
+(``torch.hub.load(repo, 'aistats_softmax_mnist.lwta_u2_fmnist_pgd', pretrained=True)``;
+torch.hub finds entrypoints with getattr, which takes the dotted name). ``samples`` is the number L of posterior samples averaged at prediction
 (eval mode; ``lwta_zoo.set_samples`` changes it later); other keyword arguments go to the
 model (``num_classes``, ``lwta_args={'U': 4}``, ...).
 """
@@ -23,4 +25,5 @@ def _entrypoint(name: str):
     return entrypoint
 
 
-globals().update({_name: _entrypoint(_name) for _name in lwta_zoo.models.zoo_model_names()})
+globals().update({_name: _entrypoint(_name)
+                  for _name in lwta_zoo.models.zoo_model_names() + lwta_zoo.hub.shipped_weights()})

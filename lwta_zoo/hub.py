@@ -130,6 +130,11 @@ def _check_keys(state_dict: Dict[str, torch.Tensor], model: nn.Module, source: A
 # pretrained=True: where the weights are
 
 
+def shipped_weights() -> List[str]:
+    """Names (``arch.tag``) of the weights this package ships in ``lwta_zoo/weights/``."""
+    return sorted(p.name for p in SHIPPED_WEIGHTS.iterdir() if (p / CONFIG_FILE).is_file())
+
+
 def _mirrors() -> List[Path]:
     roots = [SHIPPED_WEIGHTS]
     env = os.environ.get(MIRROR_ENV)

@@ -2,11 +2,12 @@
 import pytest
 import timm
 import torch
+import torch.nn as nn
 
 from lwta_zoo import LWTA, kl_divergence
 from lwta_zoo.layers import IBPConv2d, IBPLinear, ibp_keep_fraction
 from lwta_zoo.models.aistats import (
-    METHODS, TAGS, EcocCNN, EcocDecoder, EcocEnsemble, hadamard_code, keras_param_count, param_count_table)
+    METHODS, TAGS, TRAINED, EcocCNN, EcocDecoder, EcocEnsemble, hadamard_code, keras_param_count, param_count_table)
 
 @pytest.fixture(autouse=True, scope='module')
 def _one_thread():
@@ -26,8 +27,19 @@ def _input(name: str, n: int = 2) -> torch.Tensor:
 
 def test_registry_has_one_name_per_network_and_dataset_with_method_tags():
     assert set(timm.list_models('aistats_*')) == set(NAMES)
-    assert set(timm.list_pretrained('aistats_softmax_mnist.*')) == {f'aistats_softmax_mnist.{t}' for t in TAGS}
+    assert set(timm.list_pretrained('aistats_softmax_cifar10.*')) == {f'aistats_softmax_cifar10.{t}' for t in TAGS}
     assert len(TAGS) == 9 and 'lwta_ibp_u2' in TAGS and 'lwta_max_u4' in TAGS and 'relu' in TAGS
+    # weights trained here add their training to the method tag; the tag still sets method and U
+    trained = set(timm.list_pretrained('aistats_softmax_mnist.*')) - {f'aistats_softmax_mnist.{t}' for t in TAGS}
+    assert trained == {f'aistats_softmax_mnist.{t}' for t in TRAINED['aistats_softmax_mnist']}
+    model = timm.create_model('aistats_softmax_mnist.lwta_ibp_u2_fmnist_pgd')
+    assert model.pretrained_cfg['tag'] == 'lwta_ibp_u2_fmnist_pgd'
+    assert isinstance(model.features[0][0], IBPConv2d) and isinstance(model.features[0][1], LWTA)
+    assert isinstance(timm.create_model('aistats_softmax_mnist.relu_fmnist_pgd').features[0][1], nn.ReLU)
+    with pytest.raises(ValueError, match="method='lwta'"):
+        timm.create_model('aistats_softmax_mnist.lwta_u2_fmnist_pgd', method='relu')
+    with pytest.raises(ValueError, match='unknown pretrained tag'):
+        timm.create_model('aistats_softmax_cifar10.lwta_u2_fmnist_pgd')
 
 
 @pytest.mark.parametrize('name', NAMES)

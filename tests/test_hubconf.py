@@ -17,13 +17,14 @@ def _hubconf():
     return module
 
 
-def test_one_documented_entrypoint_per_registered_model():
+def test_one_documented_entrypoint_per_registered_model_and_shipped_weights():
     hubconf = _hubconf()
     # what torch.hub.list shows: public callables of hubconf.py
     entrypoints = {n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith('_')}
     zoo = set(lwta_zoo.models.zoo_model_names())
     assert {'wrn34_10_lwta', 'wrn34_10', 'vgg16_cifar_lwta', 'smallcnn_mnist_lwta'} <= zoo
-    assert entrypoints == zoo
+    # and one per shipped weights, named arch.tag like timm
+    assert entrypoints == zoo | set(lwta_zoo.hub.shipped_weights())
     for name in entrypoints:
         fn = getattr(hubconf, name)
         params = inspect.signature(fn).parameters

@@ -9,7 +9,7 @@ from lwta_zoo import hub
 from lwta_zoo.data import read_npz
 
 ROOT = Path(__file__).resolve().parents[1]
-ENTRIES = sorted(p.name for p in hub.SHIPPED_WEIGHTS.iterdir() if (p / 'config.json').is_file())
+ENTRIES = hub.shipped_weights()
 
 
 def _seeded_clean_results(name):

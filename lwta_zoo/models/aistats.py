@@ -36,7 +36,9 @@ Registry: one name per network and dataset, ``aistats_{network}_{mnist|cifar10}`
 method and U are model kwargs (they change the layers, not the layout) and also timm
 pretrained tags, so ``timm.create_model('aistats_tanh16_cifar10.lwta_ibp_u2')`` and
 ``timm.create_model('aistats_tanh16_cifar10', method='lwta_ibp', U=2)`` build the same model
-with the same pretrained cfg. 8 names instead of 8 x 9 functions.
+with the same pretrained cfg. 8 names instead of 8 x 9 functions. Weights trained by this repo
+add what they were trained on to the method's tag (``TRAINED``), e.g.
+``aistats_softmax_mnist.lwta_u2_fmnist_pgd``: the method and U still come from the tag.
 
 ``python tools/aistats_report.py --param-counts`` prints the networks' sizes next to the
 paper's Tables 2 and 3; ``--ibp-report NAME [--weights FOLDER]`` the fraction IBP keeps.
@@ -385,12 +387,20 @@ def method_tag(method: str, U: int) -> str:
 
 
 TAGS = [method_tag(m, U) for m in reversed(METHODS) for U in (2, 4) if m != 'relu'] + ['relu']
+# Weights this repo trained (recipes/fmnist_*_pgd.yaml): '<method tag>_<training>' per architecture.
+TRAINED: Dict[str, List[str]] = {
+    'aistats_softmax_mnist': ['relu_fmnist_pgd', 'lwta_u2_fmnist_pgd', 'lwta_u2_fmnist_adaptive_pgd',
+                              'lwta_ibp_u2_fmnist_pgd'],
+}
 
 
-def _parse_tag(tag: str) -> Tuple[str, int]:
-    if tag not in TAGS:
-        raise ValueError(f'unknown pretrained tag {tag!r}; one of {TAGS}')
-    return ('relu', DEFAULT_U) if tag == 'relu' else (tag.rsplit('_u', 1)[0], int(tag.rsplit('_u', 1)[1]))
+def _parse_tag(name: str, tag: str) -> Tuple[str, int]:
+    """Method and U of one of ``name``'s pretrained tags."""
+    tags = TAGS + TRAINED.get(name, [])
+    if tag not in tags:
+        raise ValueError(f'unknown pretrained tag {tag!r} of {name}; one of {tags}')
+    method = next(t for t in sorted(TAGS, key=len, reverse=True) if tag == t or tag.startswith(t + '_'))
+    return ('relu', DEFAULT_U) if method == 'relu' else (method.rsplit('_u', 1)[0], int(method.rsplit('_u', 1)[1]))
 
 
 def _arch_kwargs(network: str, dataset: str) -> Tuple[type, Dict[str, Any]]:
@@ -403,7 +413,7 @@ def _create(network: str, dataset: str, pretrained: bool, **kwargs) -> _EcocClas
     name = f'aistats_{network}_{dataset}'
     tag = kwargs.pop('pretrained_cfg', None)
     if isinstance(tag, str):  # from 'name.tag' or pretrained_cfg='tag': the tag picks method and U
-        method, U = _parse_tag(tag)
+        method, U = _parse_tag(name, tag)
         for key, value in (('method', method), ('U', U)):
             if key in kwargs and kwargs[key] != value and not (key == 'U' and method == 'relu'):
                 raise ValueError(f'{name}.{tag} has {key}={value!r}, but {key}={kwargs[key]!r} was passed')
@@ -424,7 +434,7 @@ default_cfgs = generate_default_cfgs({
     f'aistats_{n}_{d}.{t}': cfg(hf_hub_id=f'{HF_ORG}/aistats_{n}_{d}.{t}', input_size=DATASETS[d]['input_size'],
                                 pool_size=(4, 4), fixed_input_size=True,
                                 first_conv='trunks.0.0.0' if 'chunks' in NETWORKS[n] else 'features.0.0')
-    for n in NETWORKS for d in DATASETS for t in TAGS})
+    for n in NETWORKS for d in DATASETS for t in TAGS + TRAINED.get(f'aistats_{n}_{d}', [])})
 
 
 @register_model
