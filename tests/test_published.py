@@ -1,8 +1,10 @@
-"""Every published entry loads offline and reproduces the clean accuracy its model card states."""
+"""Every published entry loads offline (timm and torch.hub) and reproduces the clean accuracy its
+model card states on the shipped subset it names."""
 import json
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 from lwta_zoo import hub
@@ -12,10 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTRIES = hub.shipped_weights()
 
 
-def _seeded_clean_results(name):
+def _subset_clean_results(name):
+    """The card's seeded clean accuracies measured on a subset this repo ships."""
     metrics = json.loads((hub.SHIPPED_WEIGHTS / name / 'config.json').read_text())['metrics']
-    subset = metrics['dataset_args']['subset'].split(':')[0]  # the shipped file the figures were measured on
-    return ROOT / subset, [r for r in metrics['results'] if r['name'].startswith('clean') and 'per_seed' in r]
+    return [r for r in metrics['results']
+            if r['name'].startswith('clean') and 'per_seed' in r and r['data'].split(':')[0].endswith('.npz')]
 
 
 def test_there_are_published_entries():
@@ -24,11 +27,11 @@ def test_there_are_published_entries():
 
 @pytest.mark.parametrize('name', ENTRIES)
 def test_card_clean_accuracy_reproduces(name):
-    data_file, results = _seeded_clean_results(name)
-    assert results and data_file.is_file()
-    images, y = read_npz(data_file)
-    x = images.float() / 255
+    results = _subset_clean_results(name)
+    assert results
     for r in results:
+        images, y = read_npz(ROOT / r['data'].split(':')[0])
+        x = images.float() / 255
         model = hub.load_pretrained(name, samples=r['samples'],
                                     **({'lwta_args': {'eval_tau': r['eval_tau']}} if r['eval_tau'] else {})).eval()
         torch.manual_seed(r['seeds'][0])
@@ -40,3 +43,14 @@ def test_card_clean_accuracy_reproduces(name):
         if name == 'wrn34_1_lwta.authors_pgd':
             # the WRN paper: 87.0% (L=1, full test set); this JPEG re-encoded subset costs about 1-3 points
             assert 0.82 <= accuracy <= 0.90, accuracy
+
+
+@pytest.mark.parametrize('name', [n for n in ENTRIES if n.startswith('aistats_')])
+def test_torch_hub_and_timm_load_the_same_published_weights(name):
+    """torch.hub.load(repo, 'arch.tag', pretrained=True, samples=L) and timm.create_model agree."""
+    from_hub = torch.hub.load(str(ROOT), name, source='local', pretrained=True, samples=3)
+    from_timm = timm.create_model(name, pretrained=True)
+    assert from_hub.num_samples == 3 and from_timm.num_samples == 1
+    state = from_timm.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in from_hub.state_dict().items())
+    assert any(v.abs().sum() > 0 for v in state.values())

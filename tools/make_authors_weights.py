@@ -21,22 +21,18 @@ The shipped reports came from (see each report's ``command``)::
     python tools/make_authors_weights.py [--source PATH] [--reports runs/authors_tau0.01_n100 runs/authors_exact_n100]
 """
 import argparse
-import json
-import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from lwta_zoo.attacks.suite import card_results
 from lwta_zoo.data import read_npz
 from lwta_zoo.hub import import_checkpoint, load_pretrained
+from publishing import ROOT, clean_result, copy_reports, report_results
 
-ROOT = Path(__file__).resolve().parents[1]
 NAME = 'wrn34_1_lwta.authors_pgd'
-DATA = ROOT / 'lwta_zoo/data/cifar10_test_500.npz'
-SEEDS = (0, 1, 2)
+DATA = 'lwta_zoo/data/cifar10_test_500.npz'
+DATA_NOTE = ': the first 50 images of each class, from a public JPEG re-encoding of the CIFAR-10 test set'
 SUMMARY = (
     "The authors' public checkpoint for the WRN paper (Panousis, Chatzis and Theodoridis, 2021): WideResNet-34-1 "
     'with stochastic LWTA (U=2), PGD adversarial training on CIFAR-10, epoch 100, from their code '
@@ -54,17 +50,6 @@ SUMMARY = (
     'is the figure to rely on, not the paper protocol alone.')
 
 
-def clean_accuracy(folder: Path, eval_tau, seed: int) -> float:
-    """Clean accuracy of the exported weights on the shipped subset, L=1, one seed."""
-    images, y = read_npz(DATA)
-    x = images.float() / 255
-    lwta_args = {'eval_tau': eval_tau} if eval_tau else None
-    model = load_pretrained(folder, samples=1, lwta_args=lwta_args).eval()
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--source', type=Path, default=ROOT.parent / 'shared/data/authors_wrn34_1_lwta_cifar10_pgd.pt')
@@ -72,26 +57,19 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     out = ROOT / 'lwta_zoo/weights' / NAME
+    images, y = read_npz(ROOT / DATA)
+    x = images.float() / 255
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = import_checkpoint(args.source, NAME, tmp, layout='authors-lwta')
-        results = []
-        for label, eval_tau in (('exact samples', None), ('relaxation at temperature 0.01', 0.01)):
-            per_seed = [round(clean_accuracy(folder, eval_tau, s), 4) for s in SEEDS]
-            results.append({'name': f'clean accuracy ({label})', 'value': round(float(np.mean(per_seed)), 4),
-                            'samples': 1, 'eval_tau': eval_tau, 'seeds': list(SEEDS), 'per_seed': per_seed})
-            print(results[-1])
-    reports = {folder.name: json.loads((folder / 'report.json').read_text()) for folder in args.reports}
-    for report in reports.values():
-        label = 'exact samples' if report.get('eval_tau') is None else f"relaxation at temperature {report['eval_tau']}"
-        results += card_results(report, label)
-    metrics = {'dataset': 'cifar10', 'dataset_name': 'CIFAR-10', 'split': 'test', 'dataset_args': {
-        'subset': 'lwta_zoo/data/cifar10_test_500.npz: the first 50 images of each class, from a public JPEG '
-                  're-encoding of the CIFAR-10 test set', 'examples': 500}, 'results': results}
+        for eval_tau in (None, 0.01):
+            model = load_pretrained(folder, samples=1, lwta_args={'eval_tau': eval_tau} if eval_tau else None)
+            results.append(clean_result(model.eval(), x, y, data=DATA + DATA_NOTE, eval_tau=eval_tau))
+            print(results[-1]['name'], results[-1]['per_seed'])
+    results += report_results(args.reports)
+    metrics = {'dataset': 'cifar10', 'dataset_name': 'CIFAR-10', 'split': 'test', 'results': results}
     import_checkpoint(args.source, NAME, out, layout='authors-lwta', metrics=metrics, provenance={'summary': SUMMARY})
-    for folder in args.reports:
-        (out / 'eval' / folder.name).mkdir(parents=True, exist_ok=True)
-        for file in ('report.json', 'report.md'):
-            shutil.copy(folder / file, out / 'eval' / folder.name / file)
+    copy_reports(args.reports, out)
     print(f'wrote {out.relative_to(ROOT)}')
 
 

@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 import yaml
 
 import lwta_zoo
-from lwta_zoo.hub import SHIPPED_WEIGHTS
+from lwta_zoo.hub import SHIPPED_WEIGHTS, shipped_weights
 from lwta_zoo.models import zoo_model_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,18 +48,16 @@ def _pct(v: Any) -> str:
 def _published() -> List[str]:
     rows = ['| model | data | protocol | clean | robust accuracy per attack | worst case | L | n (R) | command |',
             '|---|---|---|---|---|---|---|---|---|']
-    for folder in sorted(p for p in SHIPPED_WEIGHTS.iterdir() if (p / 'config.json').is_file()):
+    for folder in (SHIPPED_WEIGHTS / name for name in shipped_weights()):
         metrics = json.loads((folder / 'config.json').read_text()).get('metrics') or {}
         by_protocol: Dict[str, List[Dict[str, Any]]] = {}
         for r in metrics.get('results', []):
             by_protocol.setdefault(r.get('protocol_label', ''), []).append(r)
         for label, results in by_protocol.items():
-            if not label:  # clean-only measurements on the whole shipped subset
-                for r in results:
-                    rows.append(f"| {folder.name} | {metrics.get('dataset_args', {}).get('subset', '')} | "
-                                f"{r['name']} | {_pct(r['value'])} (seeds {r.get('seeds')}) | | | "
-                                f"{r.get('samples')} | {metrics.get('dataset_args', {}).get('examples')} | "
-                                f'`python tools/make_authors_weights.py` |')
+            if not label:  # clean-only measurements, each with its data, seeds and command
+                rows += [f"| {folder.name} | {r['data'].split(':')[0]} | {r['name']} | {_pct(r['value'])} "
+                         f"(seeds {r.get('seeds')}) | | | {r.get('samples')} | {r.get('examples')} | "
+                         f"`{r.get('command')}` |" for r in results]
                 continue
             clean = next(r for r in results if r['name'].startswith('clean'))
             worst = next(r for r in results if r['name'].startswith('worst'))
@@ -72,7 +70,7 @@ def _published() -> List[str]:
 
 
 def _unpublished() -> List[str]:
-    published = {p.name.split('.')[0] for p in SHIPPED_WEIGHTS.iterdir()}
+    published = {name.split('.')[0] for name in shipped_weights()}
     recipes: Dict[str, List[str]] = {}
     for path in sorted((ROOT / 'recipes').glob('*.yaml')):
         model = (yaml.safe_load(path.read_text()) or {}).get('model') or {}

@@ -48,7 +48,8 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--n', type=int, default=None, help='N test examples, a seeded random subset (default: all)')
     parser.add_argument('--output', required=True, help='folder for report.json, report.md and figures')
     parser.add_argument('--dataset', choices=sorted(PRESETS), default=None,
-                        help='attack budgets (default: mnist for 1-channel inputs, else cifar10)')
+                        help='attack budgets (default: --data if it names one, else mnist for 1-channel '
+                             'inputs, else cifar10)')
     parser.add_argument('--attacks', default=None, help='comma-separated subset of the suite (default: all)')
     parser.add_argument('--samples', type=int, default=None, help="L samples a prediction (default: the model's)")
     parser.add_argument('--eval-tau', type=float, default=None,
@@ -78,7 +79,7 @@ def run_eval(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.samples, args.eval_tau).to(device or 'cpu')
     twin = load_model(args.twin).to(device or 'cpu') if args.twin else None
     x, y, index = load_data(args.data, args.n, args.seed)
-    dataset = args.dataset or ('mnist' if x.shape[1] == 1 else 'cifar10')
+    dataset = args.dataset or (args.data if args.data in PRESETS else 'mnist' if x.shape[1] == 1 else 'cifar10')
     eps_sweep = [float(e) / 255 for e in args.eps_sweep.split(',') if e]
     attacks = suite(dataset, eot_samples=args.eot_samples, adaptive_steps=args.adaptive_steps,
                     cw_steps=args.cw_steps, cw_binary_steps=args.cw_binary_steps, eps_sweep=eps_sweep,

@@ -1,0 +1,62 @@
+"""What the weights tools share: seeded clean accuracy and ``lwta-zoo eval`` reports as model-card
+results, and the reports copied beside the weights (lwta_zoo/weights/<name>/eval/<run>/).
+
+Used by make_authors_weights.py and make_fmnist_weights.py; every result records the data it was
+measured on, the seeds and the command that rewrites it.
+"""
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from lwta_zoo.attacks.suite import card_results
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = (0, 1, 2)
+
+
+def sampling_label(eval_tau: Optional[float]) -> str:
+    """How the model samples at test time: exact samples, or the authors' relaxation."""
+    return 'exact samples' if eval_tau is None else f'relaxation at temperature {eval_tau}'
+
+
+def clean_result(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, data: str, eval_tau: Optional[float] = None,
+                 seeds: Sequence[int] = SEEDS, batch_size: int = 1000) -> Dict[str, Any]:
+    """Clean accuracy of ``model`` (eval mode) on ``x`` in [0, 1], one value per seed and their mean.
+
+    Each seed seeds torch's global RNG once, then the batches run in order: a shipped subset of
+    up to ``batch_size`` images is one forward, as tests/test_published.py repeats it.
+    """
+    per_seed = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            correct = sum((model(xb).argmax(1) == yb).sum().item()
+                          for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
+        per_seed.append(round(correct / len(y), 4))
+    return {'name': f'clean accuracy ({sampling_label(eval_tau)}, {data.split(":")[0]})',
+            'value': round(float(np.mean(per_seed)), 4), 'samples': model.num_samples, 'eval_tau': eval_tau,
+            'seeds': list(seeds), 'per_seed': per_seed, 'examples': len(y), 'data': data,
+            'command': ' '.join(['python', *sys.argv])}
+
+
+def report_results(folders: Sequence[Path]) -> List[Dict[str, Any]]:
+    """Model-card results of ``lwta-zoo eval`` output folders, each labelled by sampling and n."""
+    results = []
+    for folder in folders:
+        report = json.loads((Path(folder) / 'report.json').read_text())
+        results += card_results(report, f"{sampling_label(report.get('eval_tau'))}, n={report['n']}")
+    return results
+
+
+def copy_reports(folders: Sequence[Path], out: Path) -> None:
+    """report.json and report.md of each folder to ``out``/eval/<folder name>/."""
+    for folder in folders:
+        (out / 'eval' / Path(folder).name).mkdir(parents=True, exist_ok=True)
+        for file in ('report.json', 'report.md'):
+            shutil.copy(Path(folder) / file, out / 'eval' / Path(folder).name / file)
