@@ -1,9 +1,10 @@
-"""The fused U=2 LWTA kernels against the eager reference: distribution, same-noise outputs
-and gradients, noise independence, reproducibility, fallback."""
+"""The fused LWTA kernels (U=2 and general U) against the eager reference: distribution,
+same-noise outputs and gradients, noise independence, reproducibility, fallback."""
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lwta_zoo import LWTA, lwta
 from lwta_zoo.kernels import cpu_library
@@ -11,74 +12,107 @@ from lwta_zoo.layers import lwta_fast, lwta_kl
 
 pytestmark = pytest.mark.skipif(cpu_library() is None, reason='no C compiler: the fused kernels are not built')
 
-SHAPES = [(3, 6, 5, 7), (4, 10), (2, 4, 16, 16)]  # odd runs, dense (S=1), runs of 256
+SHAPES = [(3, 12, 5, 7), (4, 12), (2, 12, 16, 16)]  # odd runs, dense (S=1), runs of 256; U = 2, 3, 4 divide 12
 
 
-def _pairs(y: torch.Tensor) -> torch.Tensor:
-    return y.unflatten(1, (y.shape[1] // 2, 2))
+def _units(y: torch.Tensor, U: int = 2) -> torch.Tensor:
+    return y.unflatten(1, (y.shape[1] // U, U))
 
 
-def _logistic(shape, seed: int) -> torch.Tensor:
-    """The logistic noise logit(u) the kernels draw for each block of an input of ``shape``."""
-    u = lwta_fast.uniforms(math.prod(shape) // 2, seed).double()
-    return (u.log() - (-u).log1p()).view(shape[0], shape[1] // 2, *shape[2:])
+def _noise(shape, U: int, seed: int) -> torch.Tensor:
+    """The perturbations e the kernels add to the units h of each block, (N, C/U, U, *S): the
+    exact sample is argmax(h + e), the relaxed one softmax((h + e) / tau). U=2: (logit(u), 0)
+    from one uniform a block (logistic = difference of two Gumbels); else one Gumbel a unit."""
+    n = math.prod(shape) // U
+    u = [lwta_fast.uniforms(n, seed, k).double() for k in range(1 if U == 2 else U)]
+    e = [u[0].log() - (-u[0]).log1p(), torch.zeros(n)] if U == 2 else [-(-uk.log()).log() for uk in u]
+    return torch.stack([ek.view(shape[0], shape[1] // U, *shape[2:]) for ek in e], 2)
 
 
-def _first_wins(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Whether the first unit of each block won: its weight y/x exceeds 1/2 (one-hot or relaxed)."""
-    return _pairs(y)[:, :, 0] / _pairs(x)[:, :, 0] > 0.5
+def _one_hot(index: torch.Tensor, U: int) -> torch.Tensor:
+    """One-hot along dim 2 (the unit axis) of winner indices of shape (N, C/U, *S)."""
+    return F.one_hot(index, U).movedim(-1, 2)
+
+
+def _winner(y: torch.Tensor, x: torch.Tensor, U: int = 2) -> torch.Tensor:
+    """Each block's winner: the unit of largest weight y/x (one-hot or relaxed)."""
+    return (_units(y, U) / _units(x, U)).argmax(2)
 
 
 def test_fused_path_is_taken_only_where_it_applies():
     x = torch.randn(4, 8, 3, 3)
-    assert lwta_fast.supports(x)
+    assert lwta_fast.supports(x) and lwta_fast.supports(x, 4) and lwta_fast.supports(x, lwta_fast.max_units())
+    assert not lwta_fast.supports(x, lwta_fast.max_units() + 1)
     assert not lwta_fast.supports(x.double()) and not lwta_fast.supports(x.transpose(2, 3))
     with lwta_fast.eager():
         assert not lwta_fast.supports(x)
     assert lwta_fast.supports(x)
 
 
-@pytest.mark.parametrize('training', [False, True])
-def test_winner_distribution_matches_softmax_and_the_eager_path(training):
-    # 40,000 draws of 8 blocks; a frequency's standard error is <= 0.0025, so 0.0125 is
+@pytest.mark.parametrize('U', [2, 4])
+@pytest.mark.parametrize('training,hard', [(False, False), (True, False), (True, True)])
+def test_layer_dispatches_to_the_fused_kernels(U, training, hard):
+    # the same draw from torch's generator (the call's seed) gives the kernel's own result
+    x = torch.randn(5, 8, 3, 3)
+    layer = LWTA(U=U, hard=hard).train(training)
+    torch.manual_seed(11)
+    y = layer(x)
+    torch.manual_seed(11)
+    expected = lwta_fast.relaxed(x, 0.67, U=U, hard=hard)[0] if training else lwta_fast.sample(x, U=U)
+    assert torch.equal(y, expected)
+
+
+@pytest.mark.parametrize('U', [2, 3, 4])
+@pytest.mark.parametrize('training,hard', [(False, False), (True, False), (True, True)])
+def test_winner_distribution_matches_softmax_and_the_eager_path(U, training, hard):
+    # 40,000 draws of 12 / U blocks; a frequency's standard error is <= 0.0025, so 0.0125 is
     # 5 standard errors from softmax and about 3.5 between the two estimates. In training
-    # the relaxed weight of the first unit exceeds 1/2 exactly when the sample picks it.
-    h = torch.randn(1, 16) * 1.5
+    # the unit of largest relaxed weight is the one the exact sample would pick.
+    h = torch.randn(1, 12) * 1.5
     x = h.expand(40_000, -1).contiguous()
-    expected = _pairs(h).softmax(2)[0, :, 0].double()
-    fast = _first_wins(lwta(x, training=training, tau=0.67), x).double().mean(0)
+    expected = _units(h, U).softmax(2)[0].double()
+
+    def frequencies() -> torch.Tensor:
+        return _one_hot(_winner(lwta(x, U, training=training, hard=hard), x, U), U).double().mean(0)
+
+    fast = frequencies()
     with lwta_fast.eager():
-        ref = _first_wins(lwta(x, training=training, tau=0.67), x).double().mean(0)
+        ref = frequencies()
     assert (fast - expected).abs().max() < 0.0125
     assert (fast - ref).abs().max() < 0.0125
 
+
+@pytest.mark.parametrize('U', [2, 3, 4])
 @pytest.mark.parametrize('shape', SHAPES)
-def test_exact_sample_and_gradient_equal_the_reference_for_the_same_noise(shape):
+def test_exact_sample_and_gradient_equal_the_reference_for_the_same_noise(shape, U):
     x = torch.randn(shape, requires_grad=True)
-    y = lwta_fast.sample(x, seed=123)
-    first = (_pairs(x)[:, :, 0] - _pairs(x)[:, :, 1]).double() > _logistic(shape, 123)  # the eager rule
-    xi = torch.stack((first, ~first), 2).to(x.dtype)
-    # a block decides differently only if d is within rounding of the noise: allow 1 in 10^4
-    assert (_pairs(y) != _pairs(x) * xi).any(2).float().mean() <= 1e-4
+    y = lwta_fast.sample(x, seed=123, U=U)
+    h = _units(x.detach(), U)
+    xi = _one_hot((h.double() + _noise(shape, U, 123)).argmax(2), U).to(x.dtype)  # the eager rule
+    # a block decides differently only if two scores are within rounding: allow 1 in 10^4
+    assert (_units(y, U) != h * xi).any(2).float().mean() <= 1e-4
     w = torch.randn(shape)
     (y * w).sum().backward()
-    same = (_pairs(y) == _pairs(x) * xi).all(2, keepdim=True)
-    assert torch.equal(_pairs(x.grad) * same, _pairs(w) * xi * same)
+    same = (_units(y, U) == h * xi).all(2, keepdim=True)
+    assert torch.equal(_units(x.grad, U) * same, _units(w, U) * xi * same)
 
 
+@pytest.mark.parametrize('U', [2, 3, 4])
 @pytest.mark.parametrize('shape', SHAPES)
 @pytest.mark.parametrize('tau', [0.67, 0.01])
-def test_relaxed_sample_kl_and_gradients_equal_the_reference_for_the_same_noise(shape, tau):
+@pytest.mark.parametrize('hard', [False, True])
+def test_relaxed_sample_kl_and_gradients_equal_the_reference_for_the_same_noise(shape, tau, U, hard):
     x = (torch.randn(shape) * 2).requires_grad_(True)
     w = torch.randn(shape)
-    y, kl = lwta_fast.relaxed(x, tau, want_kl=True, seed=7)
+    y, kl = lwta_fast.relaxed(x, tau, want_kl=True, seed=7, U=U, hard=hard)
     (grad,) = torch.autograd.grad((y * w).sum() + 3.0 * kl, x)
 
     xr = x.detach().double().requires_grad_(True)
-    h = _pairs(xr)
-    s = torch.sigmoid((h[:, :, 0] - h[:, :, 1] + _logistic(shape, 7)) / tau)  # softmax((h + g) / tau), U=2
-    y_ref = (h * torch.stack((s, 1 - s), 2)).flatten(1, 2)
-    kl_ref = lwta_kl(xr)
+    h = _units(xr, U)
+    s = ((h + _noise(shape, U, 7)) / tau).softmax(2)
+    xi = _one_hot(s.argmax(2), U) - s.detach() + s if hard else s  # lwta()'s straight-through rule
+    y_ref = (h * xi).flatten(1, 2)
+    kl_ref = lwta_kl(xr, U)
     (grad_ref,) = torch.autograd.grad((y_ref * w.double()).sum() + 3.0 * kl_ref, xr)
     assert torch.allclose(y.double(), y_ref, rtol=1e-4, atol=1e-5)
     assert torch.allclose(kl, kl_ref, rtol=1e-4, atol=1e-5)
@@ -86,61 +120,90 @@ def test_relaxed_sample_kl_and_gradients_equal_the_reference_for_the_same_noise(
     assert torch.allclose(grad.double(), grad_ref, rtol=1e-3, atol=1e-4 / tau)
 
 
-def test_module_records_the_fused_kl_with_its_gradient():
-    layer = LWTA().train()
+@pytest.mark.parametrize('U,hard', [(2, False), (4, False), (4, True)])
+def test_module_records_the_fused_kl_with_its_gradient(U, hard):
+    layer = LWTA(U=U, hard=hard).train()
     x = torch.randn(6, 8, 4, 4, requires_grad=True)
     layer(x)
     (g_fast,) = torch.autograd.grad(layer.kl, x)
     xr = x.detach().requires_grad_(True)
-    kl_ref = lwta_kl(xr)
+    kl_ref = lwta_kl(xr, U)
     (g_ref,) = torch.autograd.grad(kl_ref, xr)
     assert torch.allclose(layer.kl, kl_ref, rtol=1e-5)
     assert torch.allclose(g_fast, g_ref, atol=1e-6)
 
 
-def test_uniforms_are_uniform():
+@pytest.mark.parametrize('unit', [0, 1, 3])
+def test_uniforms_are_uniform(unit):
     # chi-square of 2^18 draws over 64 bins: 63 degrees of freedom, P(chi2 > 120) < 1e-5
-    u = lwta_fast.uniforms(1 << 18, seed=2024)
+    u = lwta_fast.uniforms(1 << 18, seed=2024, unit=unit)
     assert u.min() > 0 and u.max() < 1
     counts = torch.histc(u, bins=64, min=0, max=1)
     expected = u.numel() / 64
     assert ((counts - expected) ** 2 / expected).sum() < 120
 
 
+@pytest.mark.parametrize('other', [1, 2, 3])
+def test_noise_is_independent_across_units_of_a_block(other):
+    # General U draws a Gumbel a unit from its own Philox counter: |r| < 5/sqrt(n)
+    n = 1 << 17
+    a, b = lwta_fast.uniforms(n, seed=9, unit=0), lwta_fast.uniforms(n, seed=9, unit=other)
+    assert abs(torch.corrcoef(torch.stack((a, b)))[0, 1]) < 5 / math.sqrt(n)
+    # equal inputs: every unit wins 1/4 of the blocks; chi-square, 3 dof, P(chi2 > 25) < 2e-5
+    x = torch.ones(64, 4 * 16, 8, 8)
+    counts = torch.bincount(_winner(lwta(x, 4), x, 4).flatten(), minlength=4).double()
+    assert ((counts - counts.sum() / 4) ** 2 / (counts.sum() / 4)).sum() < 25
+
+
+@pytest.mark.parametrize('U', [2, 4])
 @pytest.mark.parametrize('offset', [1, 63, 64, 255, 256, 1024])
-def test_noise_is_independent_across_blocks(offset):
-    # Equal inputs: each block is a fair coin. Blocks `offset` apart (neighbours, Philox
-    # lanes, chunk boundaries, rows) must be uncorrelated: |r| < 5/sqrt(n).
-    x = torch.zeros(64, 2 * 32, 8, 8)  # 131,072 blocks, runs of 64
-    win = _first_wins(lwta(x + 1.0), x + 1.0).flatten().double()
-    assert abs(win.mean() - 0.5) < 5 * 0.5 / math.sqrt(win.numel())
+def test_noise_is_independent_across_blocks(offset, U):
+    # Equal inputs: the first unit wins a block with probability p = 1/U. Blocks `offset`
+    # apart (neighbours, Philox lanes, chunk boundaries, rows) must be uncorrelated:
+    # |r| < 5/sqrt(n); the frequency within 5 standard errors of p.
+    x = torch.ones(64, U * 32, 8, 8)  # 131,072 blocks, runs of 64
+    win = (_winner(lwta(x, U), x, U) == 0).flatten().double()
+    p = 1 / U
+    assert abs(win.mean() - p) < 5 * math.sqrt(p * (1 - p) / win.numel())
     a, b = win[:-offset], win[offset:]
     r = torch.corrcoef(torch.stack((a, b)))[0, 1]
     assert abs(r) < 5 / math.sqrt(a.numel())
 
 
+@pytest.mark.parametrize('U', [2, 4])
 @pytest.mark.parametrize('training', [False, True])
-def test_noise_is_fresh_on_every_call_and_reproducible_from_the_seed(training):
-    x = torch.ones(256, 2 * 64)
+def test_noise_is_fresh_on_every_call_and_reproducible_from_the_seed(training, U):
+    x = torch.ones(256, U * 64)
+
+    def first_wins() -> torch.Tensor:
+        return (_winner(lwta(x, U, training=training), x, U) == 0).flatten().double()
+
     torch.manual_seed(0)
-    w1, w2 = (_first_wins(lwta(x, training=training), x).flatten().double() for _ in range(2))
+    w1, w2 = first_wins(), first_wins()
     r = torch.corrcoef(torch.stack((w1, w2)))[0, 1]
     assert abs(r) < 5 / math.sqrt(w1.numel())  # two calls: independent noise
     torch.manual_seed(0)
-    assert torch.equal(_first_wins(lwta(x, training=training), x).flatten().double(), w1)
+    assert torch.equal(first_wins(), w1)
 
 
-def test_result_does_not_depend_on_the_thread_count():
-    x = torch.randn(8, 16, 9, 9)
+@pytest.mark.parametrize('U', [2, 4])
+def test_result_does_not_depend_on_the_thread_count(U):
+    x = torch.randn(8, 16, 64, 64, requires_grad=True)  # >= 2 * GRAIN blocks: two threads do run
     threads = torch.get_num_threads()
+
+    def run():
+        y, kl = lwta_fast.relaxed(x, 0.67, want_kl=True, seed=5, U=U)
+        return y, kl, torch.autograd.grad(y.square().sum() + kl, x)[0], lwta_fast.sample(x.detach(), seed=5, U=U)
+
     try:
         torch.set_num_threads(1)
-        one = lwta_fast.relaxed(x, 0.67, want_kl=True, seed=5)
+        one = run()
         torch.set_num_threads(2)
-        two = lwta_fast.relaxed(x, 0.67, want_kl=True, seed=5)
+        two = run()
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(one[0], two[0]) and torch.allclose(one[1], two[1])
+    assert all(torch.equal(a, b) for a, b in zip(one[:1] + one[2:], two[:1] + two[2:]))
+    assert torch.allclose(one[1], two[1])
 
 
 def test_without_the_kernel_lwta_falls_back_to_eager(monkeypatch):
@@ -150,7 +213,7 @@ def test_without_the_kernel_lwta_falls_back_to_eager(monkeypatch):
         x = torch.randn(4, 6, 3, 3)
         assert cpu_library() is None and not lwta_fast.supports(x)
         y = LWTA().eval()(x)
-        assert ((_pairs(y) != 0).sum(2) == 1).all()
+        assert ((_units(y) != 0).sum(2) == 1).all()
     finally:
         monkeypatch.delenv('LWTA_ZOO_NO_KERNEL')
         cpu_library.cache_clear()
@@ -169,12 +232,17 @@ def test_a_failing_build_warns_and_falls_back(monkeypatch, tmp_path):
         cpu_library.cache_clear()
 
 
+@pytest.mark.parametrize('U', [2, 4])
 @pytest.mark.parametrize('tau', [0.67, 0.01])
-def test_saturated_blocks_stay_finite(tau):
+@pytest.mark.parametrize('hard', [False, True])
+def test_saturated_blocks_stay_finite(tau, U, hard):
     # |d| / tau far beyond expf's range: the winner takes all, nothing overflows into NaN
-    x = torch.tensor([[1e4, -1e4, -1e4, 1e4]], requires_grad=True)
-    y, kl = lwta_fast.relaxed(x, tau, want_kl=True)
-    assert torch.allclose(y.detach(), torch.tensor([[1e4, 0.0, 0.0, 1e4]]), rtol=0, atol=1e-20)
-    assert math.isclose(kl.item(), 2 * math.log(2), rel_tol=1e-5)
+    x = torch.full((1, 2 * U), -1e4)
+    x[0, 0] = x[0, -1] = 1e4  # the first unit of block 0 and the last of block 1 win
+    expected = x.clamp(min=0)
+    x.requires_grad_(True)
+    y, kl = lwta_fast.relaxed(x, tau, want_kl=True, U=U, hard=hard)
+    assert torch.allclose(y.detach(), expected, rtol=0, atol=1e-20)
+    assert math.isclose(kl.item(), 2 * math.log(U), rel_tol=1e-5)
     assert torch.autograd.grad(y.sum() + kl, x)[0].isfinite().all()
-    assert torch.equal(lwta_fast.sample(x.detach()), torch.tensor([[1e4, 0.0, 0.0, 1e4]]))
+    assert torch.equal(lwta_fast.sample(x.detach(), U=U), expected)

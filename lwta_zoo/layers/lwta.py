@@ -15,10 +15,12 @@ Modes (see ``MODES``):
 * ``max``: deterministic LWTA-max (the AISTATS paper's baseline): the largest unit wins.
 * ``mean``: the expected output ``h * softmax(h)``, a smooth surrogate for adaptive attacks.
 
-Sampling with U=2 on CPU float32 runs the fused kernels of ``lwta_fast`` (one pass, noise
-from a counter-based generator, backward from a uint8 winner flag or the regenerated
-noise); everything else, and any machine without a C compiler, runs the eager code below,
-which is also the reference the fused path is tested against.
+Sampling on CPU float32 (U up to ``lwta_fast.max_units()``, hard samples included) runs
+the fused kernels of ``lwta_fast`` (one pass, noise from a counter-based generator,
+backward from a uint8 winner index or the regenerated noise); the attacks'
+``straight_through`` samples, other devices and dtypes, and any machine without a C
+compiler run the eager code below, which is also the reference the fused path is tested
+against.
 """
 from __future__ import annotations
 
@@ -48,9 +50,9 @@ def _one_hot_max(scores: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(scores).scatter_(2, scores.argmax(2, keepdim=True), 1.0)
 
 
-def _fused(x: torch.Tensor, U: int, training: bool, hard: bool, straight_through: bool) -> bool:
-    """Whether sampling this call runs on the fused U=2 kernels (hard and ST samples stay eager)."""
-    return U == 2 and not (hard and training) and not straight_through and lwta_fast.supports(x)
+def _fused(x: torch.Tensor, U: int, straight_through: bool) -> bool:
+    """Whether sampling this call runs on the fused kernels (the attacks' straight-through samples stay eager)."""
+    return not straight_through and lwta_fast.supports(x, U)
 
 
 def lwta(
@@ -77,9 +79,10 @@ def lwta(
         xi = h.softmax(2)
     elif mode != 'sample':
         raise ValueError(f'{name}: mode must be one of {MODES}, got {mode!r}')
-    elif _fused(x, U, training, hard, straight_through):
-        relaxed_tau = tau if training else eval_tau
-        return lwta_fast.sample(x) if relaxed_tau is None else lwta_fast.relaxed(x, relaxed_tau)[0]
+    elif _fused(x, U, straight_through):
+        if not training and eval_tau is None:
+            return lwta_fast.sample(x, U=U)
+        return lwta_fast.relaxed(x, tau if training else eval_tau, U=U, hard=hard and training)[0]
     elif training or eval_tau is not None:
         # Concrete relaxation: softmax((log softmax(h) + g) / tau) == softmax((h + g) / tau).
         gumbel = -torch.empty_like(h).exponential_().log()
@@ -154,9 +157,9 @@ class LWTA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.mode == 'sample':
-            if _fused(x, self.U, True, self.hard, self.straight_through):
+            if _fused(x, self.U, self.straight_through):
                 _blocks(x, self.U, self.layer_name)  # the shape checks
-                y, kl = lwta_fast.relaxed(x, self.tau, want_kl=True)
+                y, kl = lwta_fast.relaxed(x, self.tau, want_kl=True, U=self.U, hard=self.hard)
                 self._record_kl(kl)
                 return y
             self._record_kl(lwta_kl(x, self.U, self.layer_name))
