@@ -9,7 +9,9 @@ Prints, measured side by side in one run (CPU, and CUDA when available):
 3. L-sample prediction (WRN-34-1): L = 1, 5, 20 in one folded batch vs L single forwards;
 4. EoT-20 input gradient (WRN-34-1): batched vs a loop of 20 single-sample gradients;
 5. APGD-CE with EoT-20 (pyautoattack's APGDAttack): its own eot_iter loop vs one batched
-   forward per step (``benchmarks.eot.EoTCrossEntropy``), same attack otherwise.
+   forward per step (``benchmarks.eot.EoTCrossEntropy``), same attack otherwise;
+6. (CPU) WRN-16-4 with U=4 LWTA at batch B: train step and eval forward, fused kernels vs
+   the eager path on the same model.
 
 Timings are interleaved (each repeat runs every variant once, in turn) and reported as
 medians, with the load average, because the machine may be shared. The issue's targets
@@ -105,6 +107,38 @@ def saved_bytes(step: Callable[[], torch.Tensor]) -> int:
     return sum(storages.values())
 
 
+def elbo_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Training-mode cross-entropy plus the KL terms over N_TRAIN (none for ReLU)."""
+    out = F.cross_entropy(model.train()(x), y)
+    return out + kl_divergence(model) / N_TRAIN
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], object]:
+    """One SGD step on the ELBO (forward, backward, update)."""
+    optim = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        optim.zero_grad(set_to_none=True)
+        elbo_loss(model, x, y).backward()
+        optim.step()
+    return step
+
+
+def eval_forward(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    def forward() -> torch.Tensor:
+        with torch.no_grad():
+            return model.eval()(x)
+    return forward
+
+
+def on_eager_path(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with LWTA on the eager path, so that fused and eager calls can be interleaved."""
+    def run() -> object:
+        with lwta_fast.eager():
+            return fn()
+    return run
+
+
 def wrn_benchmark(args, device: torch.device, depth: int, widen: int) -> None:
     torch.manual_seed(0)
     x = torch.rand(args.batch, 3, 32, 32, device=device)
@@ -112,31 +146,11 @@ def wrn_benchmark(args, device: torch.device, depth: int, widen: int) -> None:
     models = {'relu': lwta_zoo.WideResNet(depth=depth, widen_factor=widen, act='relu'),
               'lwta': lwta_zoo.WideResNet(depth=depth, widen_factor=widen, act='lwta')}
     models['reference'] = to_reference(lwta_zoo.WideResNet(depth=depth, widen_factor=widen, act='lwta'))
-    optims = {}
-    for name, m in models.items():
+    for m in models.values():
         m.to(device)
-        optims[name] = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
 
-    def loss(name: str) -> torch.Tensor:
-        m = models[name].train()
-        out = F.cross_entropy(m(x), y)
-        return out if name == 'relu' else out + kl_divergence(m) / N_TRAIN
-
-    def train_step(name: str) -> Callable[[], object]:
-        def step() -> None:
-            optims[name].zero_grad(set_to_none=True)
-            loss(name).backward()
-            optims[name].step()
-        return step
-
-    def eval_forward(name: str) -> Callable[[], object]:
-        def forward() -> torch.Tensor:
-            with torch.no_grad():
-                return models[name].eval()(x)
-        return forward
-
-    train = timed({f'{n} train step': train_step(n) for n in models}, args.repeats, device)
-    evals = timed({f'{n} eval forward': eval_forward(n) for n in models}, args.repeats, device)
+    train = timed({f'{n} train step': train_step(m, x, y) for n, m in models.items()}, args.repeats, device)
+    evals = timed({f'{n} eval forward': eval_forward(m, x) for n, m in models.items()}, args.repeats, device)
     title = f'2. WRN-{depth}-{widen}, batch {args.batch}'
     report(title + ': training step', train, 'relu train step',
            {'lwta train step': '<= 1.2x relu; <= 1/2 reference'})
@@ -149,13 +163,30 @@ def wrn_benchmark(args, device: torch.device, depth: int, widen: int) -> None:
     for name in models:
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats()
-            loss(name).backward()
+            elbo_loss(models[name], x, y).backward()
             memory[name] = torch.cuda.max_memory_allocated()
         else:
-            memory[name] = saved_bytes(lambda: loss(name))
+            memory[name] = saved_bytes(lambda: elbo_loss(models[name], x, y))
     what = 'peak allocated memory' if device.type == 'cuda' else 'memory saved for backward'
     print(f'  {what}: ' + ', '.join(f'{n} {b / 2 ** 20:.0f} MiB (x{b / memory["relu"]:.2f})'
                                      for n, b in memory.items()))
+
+
+def general_u_benchmark(args, device: torch.device, U: int = 4) -> None:
+    """WRN-16-4 with U-unit LWTA: the fused kernels against the eager path, same model and inputs."""
+    torch.manual_seed(0)
+    x = torch.rand(args.batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    model = lwta_zoo.WideResNet(depth=16, widen_factor=4, act='lwta', lwta_args={'U': U}).to(device)
+    step, forward = train_step(model, x, y), eval_forward(model, x)
+    medians = timed({'fused train step': step, 'eager train step': on_eager_path(step),
+                     'fused eval forward': forward, 'eager eval forward': on_eager_path(forward)},
+                    args.repeats, device)
+    print(f'\n6. WRN-16-4, U={U} LWTA, batch {args.batch}: fused kernels vs the eager path  '
+          f'[load avg {os.getloadavg()[0]:.1f}]')
+    for what in ('train step', 'eval forward'):
+        fused, eager = medians[f'fused {what}'], medians[f'eager {what}']
+        print(f'  {what:<13} fused {fused:9.4f} s   eager {eager:9.4f} s   fused x{eager / fused:5.2f} faster')
 
 
 def sampling_benchmark(args, device: torch.device, model: nn.Module) -> None:
@@ -241,6 +272,8 @@ def main() -> None:
         sampling_benchmark(args, device, model)
         eot_benchmark(args, device, model)
         apgd_benchmark(args, device, model)
+        if device.type == 'cpu':  # the fused kernels are CPU-only
+            general_u_benchmark(args, device)
 
 
 if __name__ == '__main__':
