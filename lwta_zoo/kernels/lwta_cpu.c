@@ -6,8 +6,9 @@
  * U=2 has its own path: with d = a - b, unit a wins with probability sigmoid(d) (softmax
  * over the pair); the difference of two Gumbel draws is logistic, so one uniform u per
  * block decides it, with the same noise in both: exact sample: a wins iff d + logit(u) > 0,
- * i.e. 1 - u < sigmoid(d); relaxed: s = sigmoid((d + logit(u)) / tau). General U (up to MAX_U) draws a Gumbel g_k per unit: the exact sample
- * is argmax_k (h_k + g_k), the relaxed one softmax_k((h_k + g_k) / tau). Both gather a
+ * i.e. 1 - u < sigmoid(d); relaxed: s = sigmoid((d + logit(u)) / tau).
+ * General U (up to MAX_U) draws a Gumbel g_k per unit: the exact sample is
+ * argmax_k (h_k + g_k), the relaxed one softmax_k((h_k + g_k) / tau). Its kernels gather a
  * chunk of blocks into unit-major local arrays (see gather()) so that every step is a
  * plain loop over blocks.
  *
@@ -241,11 +242,11 @@ static void relaxed_weights(const float *restrict d, float *restrict z, uint8_t 
         for (int64_t o = 0; o < n; o++) z[k * CHUNK + o] *= sum[o];
 }
 
-/* In place h_k *= [arg == k] for n blocks (arrays as gather()'s): the winner keeps its response. */
-static void one_hot_times(float *restrict h, const uint8_t *restrict arg, int64_t U, int64_t n) {
+/* In place h_k = 0 unless k = arg for n blocks (arrays as gather()'s): the winner keeps its response. */
+static void keep_winner(float *restrict h, const uint8_t *restrict arg, int64_t U, int64_t n) {
     for (int64_t k = 0; k < U; k++) {
         const uint8_t unit = (uint8_t)k;
-        for (int64_t o = 0; o < n; o++) h[k * CHUNK + o] *= (float)(arg[o] == unit);
+        for (int64_t o = 0; o < n; o++) h[k * CHUNK + o] = arg[o] == unit ? h[k * CHUNK + o] : 0.0f;
     }
 }
 
@@ -266,6 +267,7 @@ static float kl_sum(const float *restrict h, int64_t U, int64_t n) {
     return acc;
 }
 
+/* lwta_sample for U > 2. */
 static void sample_u(const float *x, float *y, uint8_t *idx, int64_t R, int64_t U, int64_t S, uint64_t seed,
                      int threads) {
     const int64_t B = R * S, chunks = (B + CHUNK - 1) / CHUNK;
@@ -277,13 +279,14 @@ static void sample_u(const float *x, float *y, uint8_t *idx, int64_t R, int64_t 
         gather(x, h, U, S, j0, j1);
         gumbel(g, U, seed, (uint64_t)c);
         scores(h, g, m, arg, U, n, 1.0f);
-        one_hot_times(h, arg, U, n);
+        keep_winner(h, arg, U, n);
         scatter(h, y, U, S, j0, j1);
         if (idx)
             for (int64_t o = 0; o < n; o++) idx[j0 + o] = arg[o];
     }
 }
 
+/* lwta_relaxed for U > 2: y from the weights, d_k = h_k - h_{U-1}, the KL from h. */
 static double relaxed_u(const float *x, float *y, float *d, int64_t R, int64_t U, int64_t S, uint64_t seed,
                         float tau, int hard, int want_kl, int threads) {
     const int64_t B = R * S, chunks = (B + CHUNK - 1) / CHUNK;
@@ -302,7 +305,7 @@ static double relaxed_u(const float *x, float *y, float *d, int64_t R, int64_t U
         relaxed_weights(dv, w, arg, U, n, inv_tau);
         if (want_kl) kl += kl_sum(h, U, n);
         if (d) scatter(dv, d, U - 1, S, j0, j1);
-        if (hard) one_hot_times(h, arg, U, n);
+        if (hard) keep_winner(h, arg, U, n);
         else
             for (int64_t k = 0; k < U; k++)
                 for (int64_t o = 0; o < n; o++) h[k * CHUNK + o] *= w[k * CHUNK + o];
@@ -311,6 +314,7 @@ static double relaxed_u(const float *x, float *y, float *d, int64_t R, int64_t U
     return kl;
 }
 
+/* lwta_relaxed_backward for U > 2 (see the header for how the input comes back). */
 static void relaxed_u_backward(const float *gy, const float *y, const float *d, float *gx, int64_t R, int64_t U,
                                int64_t S, uint64_t seed, float tau, int hard, float kl_scale, int threads) {
     const int64_t B = R * S, chunks = (B + CHUNK - 1) / CHUNK;
@@ -340,8 +344,8 @@ static void relaxed_u_backward(const float *gy, const float *y, const float *d, 
         /* d/dh_k of sum_l g_l h_l w_l: g_k w_k + s_k (g_k h_k - sum_l g_l h_l s_l) / tau */
         for (int64_t k = 0; k < U; k++)
             for (int64_t o = 0; o < n; o++) {
-                const float gk = g[k * CHUNK + o], sk = s[k * CHUNK + o];
-                h[k * CHUNK + o] = gk * (hard ? (float)(arg[o] == k) : sk) + sk * (gk * h[k * CHUNK + o] - a[o]) * inv_tau;
+                const float gk = g[k * CHUNK + o], sk = s[k * CHUNK + o], wk = hard ? (float)(arg[o] == k) : sk;
+                h[k * CHUNK + o] = gk * wk + sk * (gk * h[k * CHUNK + o] - a[o]) * inv_tau;
             }
         if (kl_scale != 0.0f) { /* d KL / dh_k = q_k (d_k - sum_l q_l d_l), q = softmax(d) */
             for (int64_t o = 0; o < n; o++) md[o] = 0.0f, qs[o] = qd[o] = 0.0f;
@@ -378,10 +382,10 @@ void lwta_sample_backward(const float *gy, const uint8_t *idx, float *gx, int64_
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t r = 0; r < R; r++)
         for (int64_t k = 0; k < U; k++) {
-            const float *g = gy + (r * U + k) * S;
-            float *out = gx + (r * U + k) * S;
-            const uint8_t *m = idx + r * S;
-            for (int64_t i = 0; i < S; i++) out[i] = m[i] == k ? g[i] : 0.0f;
+            const float *restrict g = gy + (r * U + k) * S;
+            float *restrict out = gx + (r * U + k) * S;
+            const uint8_t *restrict m = idx + r * S, unit = (uint8_t)k;
+            for (int64_t i = 0; i < S; i++) out[i] = m[i] == unit ? g[i] : 0.0f;
         }
 }
 
