@@ -49,6 +49,15 @@ def test_fused_path_is_taken_only_where_it_applies():
     assert lwta_fast.supports(x)
 
 
+@pytest.mark.parametrize('U,channels', [(4, 6), (3, 8), (17, 34), (1, 4)])
+def test_kernels_refuse_what_they_cannot_take(U, channels):
+    x = torch.randn(2, channels, 3)
+    with pytest.raises(ValueError, match=f'got U={U}'):
+        lwta_fast.sample(x, U=U)
+    with pytest.raises(ValueError, match=f'got U={U}'):
+        lwta_fast.relaxed(x, 0.67, U=U)
+
+
 @pytest.mark.parametrize('U', [2, 4])
 @pytest.mark.parametrize('training,hard', [(False, False), (True, False), (True, True)])
 def test_layer_dispatches_to_the_fused_kernels(U, training, hard):

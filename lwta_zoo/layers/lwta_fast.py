@@ -55,7 +55,13 @@ def supports(x: Tensor, U: int = 2) -> bool:
 
 
 def _rows(x: Tensor, U: int) -> Tuple[int, int]:
-    """(R, S): the kernels see (N, C, *S) as R = N*C/U rows of U contiguous runs of S values."""
+    """(R, S): the kernels see (N, C, *S) as R = N*C/U rows of U contiguous runs of S values.
+
+    Checks what the kernels cannot (they would read and write out of bounds).
+    """
+    if not 2 <= U <= max_units() or x.dim() < 2 or x.shape[1] % U:
+        raise ValueError(f'the fused LWTA kernels take 2 <= U <= {max_units()} units dividing the channels; '
+                         f'got U={U}, input {tuple(x.shape)}')
     S = x[0, 0].numel()
     return x.shape[0] * x.shape[1] // U, S
 
