@@ -45,6 +45,11 @@ def _pct(v: Any) -> str:
     return f'{100 * v:.1f}' if isinstance(v, (int, float)) else ''
 
 
+def _eps(eps: float) -> str:
+    """8/255 for CIFAR-style budgets, else the decimal."""
+    return f'{round(eps * 255)}/255' if abs(eps * 255 - round(eps * 255)) < 1e-6 else f'{eps:g}'
+
+
 def _published() -> List[str]:
     rows = ['| model | data | protocol | clean | robust accuracy per attack | worst case | L | n (R) | command |',
             '|---|---|---|---|---|---|---|---|---|']
@@ -63,6 +68,8 @@ def _published() -> List[str]:
             worst = next(r for r in results if r['name'].startswith('worst'))
             attacks = '; '.join(f"{r['name'].split(' robust')[0]} ({r.get('protocol')}) {_pct(r['value'])}"
                                 for r in results if r not in (clean, worst))
+            eps = next((r['eps'] for r in results if 'eps' in r), None)
+            label += f', eps {_eps(eps)}' if eps is not None else ''
             rows.append(f"| {folder.name} | {clean.get('data')} | {label} | {_pct(clean['value'])} | {attacks} | "
                         f"**{_pct(worst['value'])}** | {clean.get('samples')} | {clean['examples']} "
                         f"({clean['repeats']}) | `{clean.get('command')}` |")
@@ -88,8 +95,9 @@ def main() -> None:
         'Every figure below was measured by the command in its row, on the data it names, and is rerun '
         'by that command. Robust accuracy: an adversarial input counts as defended when the stochastic '
         'model classifies it correctly in a majority of R fresh predictions (clean inputs too); the '
-        "worst case is per example over every attack in the row. Eps 8/255 unless the attack's "
-        'settings say otherwise (the full settings, seeds, versions and machine are in the model card '
+        "worst case is per example over every attack in the row. Eps is the one the protocol column "
+        "names unless an attack's settings say otherwise (the AISTATS paper's CW and Blind-Spot are L2 "
+        'attacks; the full settings, seeds, versions and machine are in the model card '
         'and in `lwta_zoo/weights/<model>/eval/*/report.json`). "WRN paper" marks that paper\'s own '
         'protocol; "adaptive" marks attacks built for stochastic models.', '',
         f'lwta_zoo {lwta_zoo.__version__}.', '',
