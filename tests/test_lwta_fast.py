@@ -19,13 +19,15 @@ def _units(y: torch.Tensor, U: int = 2) -> torch.Tensor:
     return y.unflatten(1, (y.shape[1] // U, U))
 
 
-def _noise(shape, U: int, seed: int) -> torch.Tensor:
+def _noise(shape, U: int, seed: int, exact: bool = False) -> torch.Tensor:
     """The perturbations e the kernels add to the units h of each block, (N, C/U, U, *S): the
-    exact sample is argmax(h + e), the relaxed one softmax((h + e) / tau). U=2: (logit(u), 0)
-    from one uniform a block (logistic = difference of two Gumbels); else one Gumbel a unit."""
+    exact sample is argmax(h + e), the relaxed one softmax((h + e) / tau). U=2: (+-logit(u), 0)
+    from one uniform a block (logistic = difference of two Gumbels; the exact rule, a wins iff
+    u < sigmoid(d), takes -logit(u)); else one Gumbel a unit."""
     n = math.prod(shape) // U
     u = [lwta_fast.uniforms(n, seed, k).double() for k in range(1 if U == 2 else U)]
-    e = [u[0].log() - (-u[0]).log1p(), torch.zeros(n)] if U == 2 else [-(-uk.log()).log() for uk in u]
+    logistic = (u[0].log() - (-u[0]).log1p()) * (-1 if exact else 1)
+    e = [logistic, torch.zeros(n)] if U == 2 else [-(-uk.log()).log() for uk in u]
     return torch.stack([ek.view(shape[0], shape[1] // U, *shape[2:]) for ek in e], 2)
 
 
@@ -97,7 +99,7 @@ def test_exact_sample_and_gradient_equal_the_reference_for_the_same_noise(shape,
     x = torch.randn(shape, requires_grad=True)
     y = lwta_fast.sample(x, seed=123, U=U)
     h = _units(x.detach(), U)
-    xi = _one_hot((h.double() + _noise(shape, U, 123)).argmax(2), U).to(x.dtype)  # the eager rule
+    xi = _one_hot((h.double() + _noise(shape, U, 123, exact=True)).argmax(2), U).to(x.dtype)  # the eager rule
     # a block decides differently only if two scores are within rounding: allow 1 in 10^4
     assert (_units(y, U) != h * xi).any(2).float().mean() <= 1e-4
     w = torch.randn(shape)

@@ -5,8 +5,8 @@
  *
  * U=2 has its own path: with d = a - b, unit a wins with probability sigmoid(d) (softmax
  * over the pair); the difference of two Gumbel draws is logistic, so one uniform u per
- * block decides it, with the same noise in both: exact sample: a wins iff d + logit(u) > 0,
- * i.e. 1 - u < sigmoid(d); relaxed: s = sigmoid((d + logit(u)) / tau).
+ * block decides it: exact sample: a wins iff u < sigmoid(d), i.e. d - logit(u) > 0;
+ * relaxed: s = sigmoid((d + logit(u)) / tau).
  * General U (up to MAX_U) draws a Gumbel g_k per unit: the exact sample is
  * argmax_k (h_k + g_k), the relaxed one softmax_k((h_k + g_k) / tau). Its kernels gather a
  * chunk of blocks into unit-major local arrays (see gather()) so that every step is a
@@ -92,7 +92,7 @@ static void sample2(const float *x, float *y, uint8_t *idx, int64_t R, int64_t S
             const float *restrict uu = u + (q);                                          \
             uint8_t *m = idx ? idx + j : 0;                        \
             for (int64_t i = 0; i < (n); i++) {                                 \
-                const int win = (1.0f - uu[i]) * (1.0f + exp_(b[i] - a[i])) < 1.0f; \
+                const int win = uu[i] * (1.0f + exp_(b[i] - a[i])) < 1.0f;      \
                 ya[i] = win ? a[i] : 0.0f;                                      \
                 yb[i] = win ? 0.0f : b[i];                                      \
                 if (m) m[i] = (uint8_t)!win;                                    \
