@@ -131,8 +131,8 @@ def _check_keys(state_dict: Dict[str, torch.Tensor], model: nn.Module, source: A
 
 
 def shipped_weights() -> List[str]:
-    """Names (``arch.tag``) of the weights this package ships in ``lwta_zoo/weights/``."""
-    return sorted(p.name for p in SHIPPED_WEIGHTS.iterdir() if (p / CONFIG_FILE).is_file())
+    """Names (``arch.tag``) of the weights this package ships in ``lwta_zoo/weights/`` (none if it is absent)."""
+    return sorted(p.name for p in SHIPPED_WEIGHTS.glob('*') if (p / CONFIG_FILE).is_file())
 
 
 def _mirrors() -> List[Path]:

@@ -79,7 +79,7 @@ def test_pgd_is_as_strong_as_apgd_ce_at_the_same_budget(relu_model):
 
 def test_batched_eot_has_the_expected_gradient_of_single_samples(relu_model):
     """The batched EoT gradient over K draws and the mean of K single-draw gradients estimate one
-    expectation: their difference, in units of its standard error, is ~N(0, 1) per coordinate."""
+    expectation: their squared difference, summed over coordinates, is about its variance."""
     model = lwta_zoo.convert(copy.deepcopy(relu_model)).eval()
     x, y = _task(2, 4)
     K = 200
@@ -87,10 +87,11 @@ def test_batched_eot_has_the_expected_gradient_of_single_samples(relu_model):
     batched = input_gradient(model, x, y, eot_samples=K)
     singles = torch.stack([input_gradient(model, x, y) for _ in range(K)])
     looped = singles.mean(0)
-    se = singles.std(0) * (2 / K) ** 0.5
-    z = ((batched - looped) / se)[se > 0]
-    assert z.numel() > 50
-    assert z.pow(2).mean() < 1.5  # chi-square / d: 1 expected; a wrong mean or scale gives >> 1
+    variance = singles.var(0) * 2 / K  # of the difference of two independent K-draw means
+    assert (variance > 0).sum() > 50
+    # 1 expected. The coordinates move together (a few winners drive them all), so the ratio spreads
+    # widely: 0.3-1.7 over seeds 0-9 here; a batched gradient 1.5x too large already gives about 4.
+    assert (batched - looped).pow(2).sum() / variance.sum() < 3
     assert not torch.allclose(singles[0], singles[1]), 'the converted model must be stochastic'
 
 
