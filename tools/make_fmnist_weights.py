@@ -73,11 +73,14 @@ def publish(runs: Path, key: str) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--runs', type=Path, default=ROOT / 'runs/fmnist')
-    p.add_argument('keys', nargs='*', default=list(TAGS), choices=list(TAGS), metavar='KEY',
+    p.add_argument('keys', nargs='*', metavar='KEY',
                    help=f'which runs (default: all of {", ".join(TAGS)})')
     args = p.parse_args()
+    unknown = set(args.keys) - set(TAGS)
+    if unknown:
+        p.error(f'unknown KEY {sorted(unknown)}; one of {list(TAGS)}')
     torch.set_num_threads(1)
-    for key in args.keys:
+    for key in args.keys or list(TAGS):
         print(f'wrote {publish(args.runs, key).relative_to(ROOT)}')
 
 
