@@ -6,7 +6,8 @@ Prints, measured side by side in one run (CPU, and CUDA when available):
 2. WRN-16-4 and WRN-34-1 (WRN-34-10 on CUDA) at batch B: train step (forward, ELBO
    backward, SGD step) and eval forward, LWTA (ours / reference) over ReLU; saved-for-backward
    memory over ReLU (CPU; peak allocated memory on CUDA);
-3. L-sample prediction (WRN-34-1): L = 1, 5, 20 in one folded batch vs L single forwards;
+3. L-sample prediction (WRN-34-1): L = 1, 5, 20 in one folded batch (and L=20 in forwards of
+   at most 4 copies: ``max_batch``) vs L single forwards;
 4. EoT-20 input gradient (WRN-34-1): batched vs a loop of 20 single-sample gradients;
 5. APGD-CE with EoT-20 (pyautoattack's APGDAttack): its own eot_iter loop vs one batched
    forward per step (``benchmarks.eot.EoTCrossEntropy``), same attack otherwise;
@@ -192,12 +193,14 @@ def general_u_benchmark(args, device: torch.device, U: int = 4) -> None:
 def sampling_benchmark(args, device: torch.device, model: nn.Module) -> None:
     x = torch.rand(args.small_batch, 3, 32, 32, device=device)
     model.eval()
-    nets = {L: MultiSample(model, samples=L).eval() for L in (1, 5, 20)}
+    chunk = 4 * len(x)
 
-    def predict(L: int) -> Callable[[], object]:
+    def predict(L: int, max_batch: int | None = None) -> Callable[[], object]:
+        net = MultiSample(model, samples=L, max_batch=max_batch).eval()
+
         def run() -> torch.Tensor:
             with torch.no_grad():
-                return nets[L](x)
+                return net(x)
         return run
 
     def loop(L: int) -> Callable[[], object]:
@@ -207,7 +210,9 @@ def sampling_benchmark(args, device: torch.device, model: nn.Module) -> None:
         return run
 
     medians = timed({'L=1': predict(1), 'L=5 folded': predict(5), 'L=5 loop of single forwards': loop(5),
-                     'L=20 folded': predict(20), 'L=20 loop of single forwards': loop(20)}, args.repeats, device)
+                     'L=20 folded': predict(20, max_batch=20 * len(x)),
+                     f'L=20 folded, max_batch {chunk}': predict(20, max_batch=chunk),
+                     'L=20 loop of single forwards': loop(20)}, args.repeats, device)
     report(f'3. L-sample prediction, WRN-34-1 LWTA, batch {len(x)}', medians, 'L=1',
            {'L=5 folded': '<= 5x L=1'})
 

@@ -2,16 +2,21 @@
 
 The L samples are folded into the batch dimension, so one forward of L*N examples
 replaces a Python loop of L forwards (BatchNorm in eval mode is per example, so the
-folded batch gives the same distribution). L=1 is a plain forward.
+folded batch gives the same distribution). L=1 is a plain forward. The folded batch is
+cut into forwards of at most ``max_batch`` rows (whole copies of the input, at least one),
+which bounds the memory that L or EoT samples take; ``fold_plan`` says how, and the
+attacks' EoT gradients (``lwta_zoo.attacks.pgd.input_gradient``) fold the same way.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
 
 AVERAGES = ('logits', 'probs')
+MAX_BATCH = 1024
+"""Default cap on the rows of one folded forward (L or EoT copies beyond it run in further forwards)."""
 
 
 def check_samples(samples: int, average: str = 'logits') -> None:
@@ -22,20 +27,46 @@ def check_samples(samples: int, average: str = 'logits') -> None:
         raise ValueError(f'average must be one of {AVERAGES}, got {average!r}')
 
 
+def check_max_batch(max_batch: Optional[int]) -> None:
+    """Validate a cap on the rows of one folded forward (None: the default ``MAX_BATCH``)."""
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f'max_batch must be a positive integer or None, got {max_batch!r}')
+
+
+def fold_plan(batch: int, samples: int, max_batch: Optional[int] = None) -> List[int]:
+    """How many copies of a batch of ``batch`` rows each folded forward holds.
+
+    Whole copies, as many as fit in ``max_batch`` rows (``MAX_BATCH`` if None) and at least
+    one; the counts add up to ``samples``.
+    """
+    check_samples(samples)
+    check_max_batch(max_batch)
+    per_forward = max(1, (max_batch or MAX_BATCH) // max(batch, 1))
+    return [min(per_forward, samples - done) for done in range(0, samples, per_forward)]
+
+
+def repeat_batch(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """``copies`` copies of ``x`` stacked along the batch dimension (copy l is rows l*N .. l*N + N-1)."""
+    return x.repeat(copies, *([1] * (x.dim() - 1))) if copies > 1 else x
+
+
 def sample_average(
     forward: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     samples: int,
     average: str = 'logits',
+    max_batch: Optional[int] = None,
 ) -> torch.Tensor:
-    """Run ``forward`` on L copies of ``x`` in one batch and average the L outputs.
+    """Run ``forward`` on L copies of ``x`` folded into the batch and average the L outputs.
 
     ``average='logits'`` returns the mean logits (eq. 10); ``'probs'`` returns the log of
     the mean softmax probabilities, so the result still works with ``cross_entropy``.
+    ``forward`` sees batches of whole copies of ``x``, at most ``max_batch`` rows each (see
+    ``fold_plan``).
     """
     if samples == 1:
         return forward(x)
-    out = forward(x.repeat(samples, *([1] * (x.dim() - 1))))
+    out = torch.cat([forward(repeat_batch(x, copies)) for copies in fold_plan(len(x), samples, max_batch)])
     out = out.unflatten(0, (samples, x.shape[0]))
     if average == 'logits':
         return out.mean(0)
@@ -45,19 +76,23 @@ def sample_average(
 class MultiSample(nn.Module):
     """Wrap any (converted) model so that, in eval mode, it predicts with L samples."""
 
-    def __init__(self, model: nn.Module, samples: int = 1, average: str = 'logits'):
+    def __init__(self, model: nn.Module, samples: int = 1, average: str = 'logits', max_batch: Optional[int] = None):
         super().__init__()
         check_samples(samples, average)
-        self.model, self.num_samples, self.sample_average = model, samples, average
+        check_max_batch(max_batch)
+        self.model, self.num_samples, self.sample_average, self.max_batch = model, samples, average, max_batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         L = 1 if self.training else self.num_samples
-        return sample_average(self.model, x, L, self.sample_average)
+        return sample_average(self.model, x, L, self.sample_average, self.max_batch)
 
 
-def set_samples(model: nn.Module, samples: int, average: str | None = None) -> nn.Module:
-    """Set the number of prediction samples L (and optionally the averaging rule) on ``model``."""
+def set_samples(model: nn.Module, samples: int, average: Optional[str] = None,
+                max_batch: Optional[int] = None) -> nn.Module:
+    """Set the number of prediction samples L on ``model``, and optionally the averaging rule and
+    the cap on rows per folded forward (``max_batch``; see ``fold_plan``)."""
     check_samples(samples, average or 'logits')
+    check_max_batch(max_batch)
     targets = [m for m in model.modules() if hasattr(m, 'num_samples')]
     if not targets:
         raise TypeError(
@@ -66,4 +101,6 @@ def set_samples(model: nn.Module, samples: int, average: str | None = None) -> n
     outermost.num_samples = samples
     if average is not None:
         outermost.sample_average = average
+    if max_batch is not None:
+        outermost.max_batch = max_batch
     return model

@@ -75,3 +75,44 @@ def test_set_samples_on_a_plain_module_says_how_to_wrap_it():
         set_samples(model, 3)
     wrapped = set_samples(MultiSample(model), 3)
     assert wrapped.num_samples == 3
+
+
+def test_fold_plan_takes_whole_copies_within_the_row_cap():
+    from lwta_zoo.sampling import fold_plan
+    assert fold_plan(3, 5, max_batch=7) == [2, 2, 1]      # 2 copies of 3 rows fit in 7
+    assert fold_plan(10, 4, max_batch=5) == [1, 1, 1, 1]  # one copy even when it alone exceeds the cap
+    assert fold_plan(2, 20, max_batch=1000) == [20]
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match='max_batch'):
+            fold_plan(3, 5, max_batch=bad)
+
+
+def test_folded_forwards_never_exceed_max_batch_and_average_the_same_copies():
+    net = _RowIndex()
+    x = torch.zeros(3, 4)
+    out = MultiSample(net, samples=5, max_batch=7).eval()(x)
+    assert net.batch_sizes == [6, 6, 3]
+    # copy l of example i is row i + 3*(l mod 2) of its forward: offsets 0, 3, 0, 3, 0 -> mean 1.2
+    assert torch.allclose(out, (torch.arange(3.0) + 1.2).unsqueeze(1).expand(3, 4))
+
+
+def test_chunked_prediction_and_eot_gradient_equal_the_single_forward():
+    from lwta_zoo.attacks.pgd import input_gradient
+    model = timm.create_model('smallcnn_mnist_lwta', samples=6).eval()
+    lwta_zoo.set_mode(model, 'mean')  # deterministic, so chunking must not change a thing
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        whole = model(x)
+        set_samples(model, 6, max_batch=8)
+        assert model.max_batch == 8
+        chunked = model(x)
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    g_whole = input_gradient(model, x, y, eot_samples=5, max_batch=1000)
+    rows = []
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    first_conv.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
+    g_chunked = input_gradient(model, x, y, eot_samples=5)  # the model's own cap of 8 rows applies
+    assert rows and max(rows) == 8
+    assert torch.allclose(g_whole, g_chunked, atol=1e-6) and g_whole.abs().sum() > 0
+    with pytest.raises(ValueError, match='max_batch'):
+        timm.create_model('smallcnn_mnist_lwta', max_batch=0)

@@ -19,13 +19,17 @@ from . import plots
 from .suite import PRESETS, evaluate, select, suite
 
 
-def load_model(spec: str, samples: Optional[int] = None, eval_tau: Optional[float] = None) -> nn.Module:
+def load_model(spec: str, samples: Optional[int] = None, eval_tau: Optional[float] = None,
+               max_batch: Optional[int] = None) -> nn.Module:
     """A zoo model with its weights (``lwta_zoo.hub.load_pretrained``: a folder, ``hf-hub:``, ``arch.tag``).
 
-    ``samples`` sets L; ``eval_tau`` switches test-time sampling to the authors' soft relaxation.
+    ``samples`` sets L; ``eval_tau`` switches test-time sampling to the authors' soft relaxation;
+    ``max_batch`` caps the rows of a folded forward (L samples, EoT draws).
     """
     from ..hub import load_pretrained
     kwargs: Dict[str, Any] = {} if samples is None else {'samples': samples}
+    if max_batch is not None:
+        kwargs['max_batch'] = max_batch
     if eval_tau is not None:
         kwargs['lwta_args'] = {'eval_tau': eval_tau}
     return load_pretrained(spec, **kwargs).eval()
@@ -57,6 +61,9 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--repeats', type=int, default=5, help='R fresh predictions per adversarial input')
     parser.add_argument('--twin', default=None, help='deterministic ReLU twin: transfer attack and Fig. 3')
     parser.add_argument('--eot-samples', type=int, default=20)
+    parser.add_argument('--max-batch', type=int, default=None,
+                        help='rows per forward when L samples or EoT draws fold into the batch (bounds memory; '
+                             'default: lwta_zoo.sampling.MAX_BATCH)')
     parser.add_argument('--adaptive-steps', type=int, default=50)
     parser.add_argument('--cw-steps', type=int, default=1000, help='CW iterations per binary-search step')
     parser.add_argument('--cw-binary-steps', type=int, default=10)
@@ -76,7 +83,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available() else None
-    model = load_model(args.model, args.samples, args.eval_tau).to(device or 'cpu')
+    model = load_model(args.model, args.samples, args.eval_tau, args.max_batch).to(device or 'cpu')
     twin = load_model(args.twin).to(device or 'cpu') if args.twin else None
     x, y, index = load_data(args.data, args.n, args.seed)
     dataset = args.dataset or (args.data if args.data in PRESETS else 'mnist' if x.shape[1] == 1 else 'cifar10')

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..layers.lwta import LWTA
 from ..layers.stochastic import stochastic_modules
+from ..sampling import fold_plan, repeat_batch
 
 GRADIENTS = ('model', 'mean', 'max', 'ste', 'eot')
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,13 +52,22 @@ def gradient_surrogate(model: nn.Module, gradient: str) -> Iterator[None]:
 
 def input_gradient(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss = F.cross_entropy, eot_samples: int = 1,
+    max_batch: Optional[int] = None,
 ) -> torch.Tensor:
-    """Gradient of the mean loss w.r.t. ``x``, averaged over ``eot_samples`` draws in one batch."""
+    """Gradient of the mean loss w.r.t. ``x``, averaged over ``eot_samples`` draws folded into the batch.
+
+    The draws run in forwards of at most ``max_batch`` rows (``lwta_zoo.sampling.fold_plan``;
+    default: the model's own ``max_batch``), each differentiated before the next, so memory is
+    that of one such forward. ``loss_fn``
+    must average over the batch (as cross-entropy does): each forward's loss is weighted by
+    its share of the draws.
+    """
     x = x.detach().requires_grad_(True)
-    xs = x.repeat(eot_samples, *([1] * (x.dim() - 1))) if eot_samples > 1 else x
-    ys = y.repeat(eot_samples) if eot_samples > 1 else y
-    loss = loss_fn(model(xs), ys)
-    return torch.autograd.grad(loss, x)[0]
+    grad = torch.zeros_like(x)
+    for copies in fold_plan(len(x), eot_samples, max_batch or getattr(model, 'max_batch', None)):
+        loss = loss_fn(model(repeat_batch(x, copies)), repeat_batch(y, copies)) * (copies / eot_samples)
+        grad += torch.autograd.grad(loss, x)[0]
+    return grad
 
 
 def pgd(
@@ -74,11 +84,13 @@ def pgd(
     loss_fn: Loss = F.cross_entropy,
     generator: Optional[torch.Generator] = None,
     callback: Optional[Callable[[torch.Tensor], None]] = None,
+    max_batch: Optional[int] = None,
 ) -> torch.Tensor:
     """L-inf PGD from ``x`` (in [0, 1]); returns adversarial inputs inside the eps-ball and [0, 1].
 
     The model is attacked in whatever train/eval state it is in. ``eot_samples`` is used
-    only with ``gradient='eot'``. ``callback`` sees the detached iterate after every step.
+    only with ``gradient='eot'`` (its draws fold into forwards of at most ``max_batch`` rows).
+    ``callback`` sees the detached iterate after every step.
     """
     if eps < 0 or step_size <= 0 or steps < 1:
         raise ValueError(f'need eps >= 0, step_size > 0, steps >= 1; got {eps}, {step_size}, {steps}')
@@ -90,7 +102,7 @@ def pgd(
     k = eot_samples if gradient == 'eot' else 1
     with gradient_surrogate(model, gradient), torch.enable_grad():
         for _ in range(steps):
-            grad = input_gradient(model, x_adv, y, loss_fn, k)
+            grad = input_gradient(model, x_adv, y, loss_fn, k, max_batch)
             x_adv = x_adv + step_size * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
             if callback is not None:

@@ -12,7 +12,7 @@ from timm.models import build_model_with_cfg
 
 from ..hub import resolve_pretrained
 from ..layers.lwta import LWTA, track_kl
-from ..sampling import check_samples, sample_average
+from ..sampling import check_max_batch, check_samples, sample_average
 
 ACTIVATIONS = ('relu', 'lwta')
 HF_ORG = 'lwta-zoo'  # the Hugging Face organisation that hosts the zoo's weights
@@ -51,6 +51,7 @@ class SampledClassifier(nn.Module):
 
     num_samples: int = 1
     sample_average: str = 'logits'
+    max_batch: Optional[int] = None  # rows per folded forward; None: lwta_zoo.sampling.MAX_BATCH
 
     def init_head(self, num_features: int, num_classes: int, global_pool: str,
                   pre_logits: Optional[nn.Module] = None, hidden: Optional[int] = None) -> None:
@@ -77,7 +78,7 @@ class SampledClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         L = 1 if self.training else self.num_samples
-        return sample_average(self.forward_single, x, L, self.sample_average)
+        return sample_average(self.forward_single, x, L, self.sample_average, self.max_batch)
 
     def forward_single(self, x: torch.Tensor) -> torch.Tensor:
         """One draw of the stochastic network."""
@@ -95,15 +96,17 @@ def build(
     pretrained: bool = False,
     samples: int = 1,
     sample_average: str = 'logits',
+    max_batch: Optional[int] = None,
     **kwargs,
 ) -> SampledClassifier:
     """timm's ``build_model_with_cfg`` plus the zoo's extras: checked weights, L samples, KL tracking."""
     check_samples(samples, sample_average)
+    check_max_batch(max_batch)
     kwargs.setdefault('feature_cfg', dict(out_indices=(0, 1, 2)))
     if pretrained:  # a checked local safetensors file: mirror folder, HF cache or Hub (see lwta_zoo.hub)
         kwargs = resolve_pretrained(variant, kwargs)
     model = build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
-    model.num_samples, model.sample_average = samples, sample_average
+    model.num_samples, model.sample_average, model.max_batch = samples, sample_average, max_batch
     # Weights alone cannot tell these apart: keep them for export (timm.create_model adds the caller's).
     model._model_args = {k: kwargs[k] for k in BEHAVIOUR_ARGS if k in kwargs}
     return track_kl(model)

@@ -234,9 +234,9 @@ class _EcocClassifier(SampledClassifier):
         L = 1 if self.training else self.num_samples
         if L == 1 or not self.has_ibp:
             return super().forward(x)
-        # IBP draws one architecture z per forward: run the L folded copies one by one.
-        return sample_average(lambda xs: torch.cat([self.forward_single(c) for c in xs.chunk(L)]), x, L,
-                              self.sample_average)
+        # IBP draws one architecture z per forward: run the folded copies one by one.
+        return sample_average(lambda xs: torch.cat([self.forward_single(c) for c in xs.split(len(x))]), x, L,
+                              self.sample_average, self.max_batch)
 
 
 class EcocCNN(_EcocClassifier):
