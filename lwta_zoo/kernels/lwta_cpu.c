@@ -31,30 +31,29 @@
 #define GROUPS (CHUNK / 4)
 #define MAX_U 16 /* general-U kernels keep four U x CHUNK float arrays on the stack (64 KiB) */
 
-static inline void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1) {
-    for (int i = 0; i < 10; i++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c[0];
-        uint64_t p1 = (uint64_t)0xCD9E8D57u * c[2];
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c[1] ^ k0;
-        uint32_t n2 = (uint32_t)(p0 >> 32) ^ c[3] ^ k1;
-        c[1] = (uint32_t)p1;
-        c[3] = (uint32_t)p0;
-        c[0] = n0;
-        c[2] = n2;
+/* Uniforms in (0, 1) for the CHUNK blocks of chunk c and unit k: offset o = lane*GROUPS + g
+ * takes word `lane` of Philox4x32-10(counter = (g, c_lo, c_hi, k), key = seed). The GROUPS
+ * generators run side by side, one round at a time over arrays, so that the compiler
+ * vectorises the 32x32->64-bit multiplies across them. */
+static void fill(float *u, uint64_t seed, uint64_t c, uint32_t k) {
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    uint32_t w0[GROUPS], w1[GROUPS], w2[GROUPS], w3[GROUPS];
+    for (int g = 0; g < GROUPS; g++) w0[g] = (uint32_t)g, w1[g] = (uint32_t)c, w2[g] = (uint32_t)(c >> 32), w3[g] = k;
+    for (int round = 0; round < 10; round++) {
+        for (int g = 0; g < GROUPS; g++) {
+            const uint64_t p0 = (uint64_t)0xD2511F53u * w0[g], p1 = (uint64_t)0xCD9E8D57u * w2[g];
+            const uint32_t n0 = (uint32_t)(p1 >> 32) ^ w1[g] ^ k0, n2 = (uint32_t)(p0 >> 32) ^ w3[g] ^ k1;
+            w1[g] = (uint32_t)p1, w3[g] = (uint32_t)p0, w0[g] = n0, w2[g] = n2;
+        }
         k0 += 0x9E3779B9u;
         k1 += 0xBB67AE85u;
     }
-}
-
-/* Uniforms in (0, 1) for the CHUNK blocks of chunk c and unit k: offset o = lane*GROUPS + g
- * takes word `lane` of Philox(counter = (g, c_lo, c_hi, k), key = seed). */
-static void fill(float *u, uint64_t seed, uint64_t c, uint32_t k) {
-    const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    const float scale = 1.0f / 16777216.0f;
     for (int g = 0; g < GROUPS; g++) {
-        uint32_t w[4] = {(uint32_t)g, (uint32_t)c, (uint32_t)(c >> 32), k};
-        philox4x32_10(w, k0, k1);
-        for (int lane = 0; lane < 4; lane++)
-            u[lane * GROUPS + g] = ((float)(w[lane] >> 8) + 0.5f) * (1.0f / 16777216.0f);
+        u[g] = ((float)(w0[g] >> 8) + 0.5f) * scale;
+        u[GROUPS + g] = ((float)(w1[g] >> 8) + 0.5f) * scale;
+        u[2 * GROUPS + g] = ((float)(w2[g] >> 8) + 0.5f) * scale;
+        u[3 * GROUPS + g] = ((float)(w3[g] >> 8) + 0.5f) * scale;
     }
 }
 
@@ -87,10 +86,11 @@ static void sample2(const float *x, float *y, uint8_t *idx, int64_t R, int64_t S
         const int64_t j0 = c * CHUNK, j1 = j0 + CHUNK < B ? j0 + CHUNK : B;
 #define SAMPLE_RUN(off, n, q)                                                   \
         {                                                                       \
-            const float *restrict a = x + (off), *restrict b = a + S;                             \
-            float *restrict ya = y + (off), *restrict yb = ya + S;                                \
-            const float *restrict uu = u + (q);                                          \
-            uint8_t *m = idx ? idx + j : 0;                        \
+            const float *a = x + (off), *b = a + S;                             \
+            float *ya = y + (off), *yb = ya + S;                                \
+            const float *uu = u + (q);                                          \
+            uint8_t *m = idx ? idx + j : 0;                                     \
+            _Pragma("GCC ivdep") /* y may be x: each block is read before it is written */ \
             for (int64_t i = 0; i < (n); i++) {                                 \
                 const int win = uu[i] * (1.0f + exp_(b[i] - a[i])) < 1.0f;      \
                 ya[i] = win ? a[i] : 0.0f;                                      \
