@@ -144,6 +144,43 @@ def test_module_records_the_fused_kl_with_its_gradient(U, hard):
     assert torch.allclose(g_fast, g_ref, atol=1e-6)
 
 
+def _philox_uniforms(n: int, seed: int, unit: int) -> torch.Tensor:
+    """The kernels' uniforms from the definition: block j = 256 c + 64 lane + g takes word `lane` of
+    Philox4x32-10(counter (g, c mod 2^32, c >> 32, unit), key seed) as ((word >> 8) + 0.5) / 2^24."""
+    mask, out = 0xFFFFFFFF, []
+    for j in range(n):
+        c, (lane, g) = j // 256, divmod(j % 256, 64)
+        w, k0, k1 = [g, c & mask, c >> 32, unit], seed & mask, seed >> 32
+        for _ in range(10):
+            p0, p1 = 0xD2511F53 * w[0], 0xCD9E8D57 * w[2]
+            w = [(p1 >> 32) ^ w[1] ^ k0, p1 & mask, (p0 >> 32) ^ w[3] ^ k1, p0 & mask]
+            k0, k1 = (k0 + 0x9E3779B9) & mask, (k1 + 0xBB67AE85) & mask
+        out.append(((w[lane] >> 8) + 0.5) / 2 ** 24)
+    return torch.tensor(out, dtype=torch.float32)
+
+
+@pytest.mark.parametrize('extra_flags', [[], ['-mno-avx2']], ids=['this-cpu', 'portable'])
+def test_uniforms_are_philox4x32_10(extra_flags, monkeypatch, tmp_path):
+    """Both builds of the generator (AVX2 vectors where the CPU has them, plain arrays elsewhere)
+    draw Philox4x32-10 exactly: Random123's known answer and the definition above, across chunks."""
+    if extra_flags:  # build the portable generator into a private cache
+        from lwta_zoo import kernels
+        monkeypatch.setattr(kernels, 'COMPILE_FLAGS', kernels.COMPILE_FLAGS + extra_flags)
+        monkeypatch.setenv('LWTA_ZOO_CACHE', str(tmp_path))
+        cpu_library.cache_clear()
+    try:
+        # Random123's known answer for counter 0, key 0: words 6627e8d5 e169c58d bc57ac4c 9b00dbd8
+        first_words = lwta_fast.uniforms(256, seed=0, unit=0)[::64]
+        known = torch.tensor([((w >> 8) + 0.5) / 2 ** 24 for w in (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)])
+        assert torch.equal(first_words, known)
+        seed = 0x0123456789ABCDEF
+        for unit in (0, 5):
+            assert torch.equal(lwta_fast.uniforms(600, seed, unit), _philox_uniforms(600, seed, unit))
+    finally:
+        monkeypatch.undo()
+        cpu_library.cache_clear()
+
+
 @pytest.mark.parametrize('unit', [0, 1, 3])
 def test_uniforms_are_uniform(unit):
     # chi-square of 2^18 draws over 64 bins: 63 degrees of freedom, P(chi2 > 120) < 1e-5
