@@ -10,7 +10,8 @@ Prints, measured side by side in one run (CPU, and CUDA when available):
    at most 4 copies: ``max_batch``) vs L single forwards;
 4. EoT-20 input gradient (WRN-34-1): batched vs a loop of 20 single-sample gradients;
 5. APGD-CE with EoT-20 (pyautoattack's APGDAttack): its own eot_iter loop vs one batched
-   forward per step (``benchmarks.eot.EoTCrossEntropy``), same attack otherwise;
+   forward per step (``benchmarks.eot.EoTCrossEntropy``), same attack otherwise, at batch 4
+   and the small batch;
 6. (CPU) WRN-16-4 with U=4 LWTA at batch B: train step and eval forward, fused kernels vs
    the eager path on the same model.
 
@@ -231,10 +232,10 @@ def eot_benchmark(args, device: torch.device, model: nn.Module) -> None:
     report(f'4. EoT-{k} input gradient, WRN-34-1 LWTA, batch {len(x)}', medians, f'EoT-{k} batched')
 
 
-def apgd_benchmark(args, device: torch.device, model: nn.Module) -> None:
+def apgd_benchmark(args, device: torch.device, model: nn.Module, batch: int) -> None:
     from pyautoattack.autopgd_base import APGDAttack
 
-    x = torch.rand(args.small_batch, 3, 32, 32, device=device)
+    x = torch.rand(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (len(x),), device=device)
     model.eval()
     k, steps = 20, args.apgd_steps
@@ -278,7 +279,8 @@ def main() -> None:
         model = lwta_zoo.WideResNet(depth=34, widen_factor=1, act='lwta').to(device)
         sampling_benchmark(args, device, model)
         eot_benchmark(args, device, model)
-        apgd_benchmark(args, device, model)
+        for batch in sorted({4, args.small_batch}):  # batching pays most where one batch leaves the device idle
+            apgd_benchmark(args, device, model, batch)
         if device.type == 'cpu':  # the fused kernels are CPU-only
             general_u_benchmark(args, device)
 
