@@ -1,10 +1,16 @@
-"""Compiled kernels, built from source at first use and cached; ``None`` when unavailable.
+"""Fused LWTA kernels, loaded at first use; ``None`` when unavailable (callers then run eager PyTorch).
 
-``cpu_library()`` compiles ``lwta_cpu.c`` with the system C compiler (gcc or clang with
-OpenMP; about 2 s) into ``$LWTA_ZOO_CACHE`` (default ``~/.cache/lwta_zoo``), keyed by the
-source, the flags, the compiler and the CPU, and loads it with ctypes: no torch headers,
-no Python ABI. Without a compiler, or when the build fails, it warns once and returns
-``None`` and callers fall back to eager PyTorch. ``LWTA_ZOO_NO_KERNEL=1`` turns it off.
+CPU: ``cpu_library()`` compiles ``lwta_cpu.c`` with the system C compiler (gcc or clang
+with OpenMP; about 2 s) into ``$LWTA_ZOO_CACHE`` (default ``~/.cache/lwta_zoo``), keyed by
+the source, the flags, the compiler and the CPU, and loads it with ctypes: no torch
+headers, no Python ABI. Without a compiler, or when the build fails, it warns once and
+returns ``None``.
+
+CUDA: ``triton_kernels()`` imports ``lwta_triton`` (Triton kernels, the same noise and
+results), ``None`` where Triton is not installed; it is imported only for CUDA tensors,
+so CPU users never need Triton.
+
+``LWTA_ZOO_NO_KERNEL=1`` turns both off.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import List, Optional
 
 SOURCE = Path(__file__).with_name('lwta_cpu.c')
@@ -65,10 +72,14 @@ def _build(cc: str, target: Path) -> None:
         os.replace(lib, target)
 
 
+def _turned_off() -> bool:
+    return os.environ.get('LWTA_ZOO_NO_KERNEL', '') not in ('', '0')
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_library() -> Optional[ctypes.CDLL]:
     """The compiled CPU kernels, building them on first use; ``None`` if they cannot be had."""
-    if os.environ.get('LWTA_ZOO_NO_KERNEL', '') not in ('', '0'):
+    if _turned_off():
         return None
     cc = os.environ.get('CC') or shutil.which('gcc') or shutil.which('cc') or shutil.which('clang')
     if cc is None:
@@ -88,3 +99,15 @@ def cpu_library() -> Optional[ctypes.CDLL]:
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
     return lib
+
+
+@functools.lru_cache(maxsize=None)
+def triton_kernels() -> Optional[ModuleType]:
+    """The Triton kernels for CUDA tensors (``lwta_triton``); ``None`` without Triton."""
+    if _turned_off():
+        return None
+    try:
+        from . import lwta_triton
+    except ImportError:
+        return None
+    return lwta_triton

@@ -1,14 +1,19 @@
-"""Fused LWTA on CPU: the compiled kernels of ``lwta_zoo/kernels`` as torch custom ops.
+"""Fused LWTA: the kernels of ``lwta_zoo/kernels`` as torch custom ops.
 
-One pass over the input per call (noise, competition and output together, no
-intermediate tensors), for any U up to ``max_units()`` (U=2 has its own, faster rule),
-and a backward that stores only what it needs:
+The ops ``lwta_zoo::lwta_sample`` and ``lwta_zoo::lwta_relaxed`` run the compiled C
+kernels on CPU tensors (float32) and the Triton kernels on CUDA tensors (float32,
+float16, bfloat16; where Triton is installed), with one autograd formula: ``_kernels()``
+picks the device's kernels, which share one interface and one noise (a seed gives the
+same sample on either device, up to float rounding). One pass over the input per call
+(noise, competition and output together, no intermediate tensors), for any U up to
+``max_units()`` (U=2 has its own, faster rule), and a backward that stores only what it
+needs:
 
 * exact sample (eval): one uint8 winner index per block;
 * concrete relaxation (training, or eval with ``eval_tau``), also with hard
   straight-through samples (``hard``): the differences d_k = h_k - h_{U-1} of each block
-  ((U-1)/U of the input's size) and the output, from which the input is recovered; the
-  noise is regenerated from the call's seed, never stored. The KL of the block's softmax
+  ((U-1)/U of the input's elements, float32) and the output, from which the input is
+  recovered; the noise is regenerated from the call's seed, never stored. The KL of the block's softmax
   to the uniform prior comes out of the same pass (``want_kl``).
 
 Each call draws a fresh 64-bit seed from torch's default generator, so
@@ -24,7 +29,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..kernels import cpu_library
+from ..kernels import cpu_library, triton_kernels
 
 _enabled = True
 _U64 = (1 << 64) - 1
@@ -42,16 +47,23 @@ def eager() -> Iterator[None]:
         _enabled = saved
 
 
-def max_units() -> int:
-    """The largest U the kernels take (0 where they are not built)."""
-    lib = cpu_library()
+_DTYPES = {'cpu': (torch.float32,), 'cuda': (torch.float32, torch.float16, torch.bfloat16)}
+
+
+def max_units(device: str = 'cpu') -> int:
+    """The largest U the kernels for ``device`` ('cpu' or 'cuda') take (0 where they are not available)."""
+    if device == 'cuda':
+        kernels = triton_kernels()
+        return 0 if kernels is None else kernels.MAX_U
+    lib = cpu_library() if device == 'cpu' else None
     return 0 if lib is None else lib.lwta_max_units()
 
 
 def supports(x: Tensor, U: int = 2) -> bool:
-    """Whether the fused kernels can take ``x`` with U units a block: float32, CPU, contiguous, built here."""
-    return (_enabled and x.device.type == 'cpu' and x.dtype == torch.float32 and x.dim() >= 2
-            and x.is_contiguous() and 2 <= U <= max_units())
+    """Whether the fused kernels can take ``x`` with U units a block: contiguous, on CPU in float32
+    or on CUDA in float32, float16 or bfloat16, the device's kernels available here."""
+    return (_enabled and x.dtype in _DTYPES.get(x.device.type, ()) and x.dim() >= 2 and x.is_contiguous()
+            and 2 <= U <= max_units(x.device.type))
 
 
 def _rows(x: Tensor, U: int) -> Tuple[int, int]:
@@ -59,8 +71,9 @@ def _rows(x: Tensor, U: int) -> Tuple[int, int]:
 
     Checks what the kernels cannot (they would read and write out of bounds).
     """
-    if not 2 <= U <= max_units() or x.dim() < 2 or x.shape[1] % U:
-        raise ValueError(f'the fused LWTA kernels take 2 <= U <= {max_units()} units dividing the channels; '
+    top = max_units(x.device.type)
+    if not 2 <= U <= top or x.dim() < 2 or x.shape[1] % U:
+        raise ValueError(f'the fused LWTA kernels take 2 <= U <= {top} units dividing the channels; '
                          f'got U={U}, input {tuple(x.shape)}')
     S = x[0, 0].numel()
     return x.shape[0] * x.shape[1] // U, S
@@ -82,13 +95,55 @@ def _lib():
     return lib
 
 
-@torch.library.custom_op('lwta_zoo::lwta_sample', mutates_args=())
+def _ptr(t: Optional[Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+class _Cpu:
+    """The C kernels behind the ops on CPU tensors, with the launchers' interface of ``kernels/lwta_triton.py``."""
+
+    @staticmethod
+    def sample(x: Tensor, y: Tensor, idx: Optional[Tensor], U: int, seed: int) -> None:
+        R, S = _rows(x, U)
+        _lib().lwta_sample(x.data_ptr(), y.data_ptr(), _ptr(idx), R, U, S, seed, _threads(R * S))
+
+    @staticmethod
+    def sample_backward(gy: Tensor, idx: Tensor, gx: Tensor, U: int) -> None:
+        R, S = _rows(gy, U)
+        _lib().lwta_sample_backward(gy.data_ptr(), idx.data_ptr(), gx.data_ptr(), R, U, S, _threads(R * S))
+
+    @staticmethod
+    def relaxed(x: Tensor, y: Tensor, d: Optional[Tensor], U: int, seed: int, tau: float, hard: bool,
+                want_kl: bool) -> Tensor:
+        R, S = _rows(x, U)
+        kl = _lib().lwta_relaxed(x.data_ptr(), y.data_ptr(), _ptr(d), R, U, S, seed, tau, hard, want_kl,
+                                 _threads(R * S))
+        return torch.tensor(kl / x.shape[0], dtype=torch.float32)
+
+    @staticmethod
+    def relaxed_backward(gy: Tensor, y: Tensor, d: Tensor, gx: Tensor, U: int, seed: int, tau: float, hard: bool,
+                         kl_scale: Optional[Tensor]) -> None:
+        R, S = _rows(gy, U)
+        _lib().lwta_relaxed_backward(gy.data_ptr(), y.data_ptr(), d.data_ptr(), gx.data_ptr(), R, U, S, seed, tau,
+                                     hard, 0.0 if kl_scale is None else float(kl_scale), _threads(R * S))
+
+
+def _kernels(t: Tensor):
+    """The kernels for ``t``'s device: ``_Cpu`` or the Triton launchers (the same interface)."""
+    if t.device.type != 'cuda':
+        return _Cpu
+    kernels = triton_kernels()
+    if kernels is None:
+        raise RuntimeError('the LWTA CUDA kernels need Triton, which is not installed here')
+    return kernels
+
+
+@torch.library.custom_op('lwta_zoo::lwta_sample', mutates_args=(), device_types=('cpu', 'cuda'))
 def _sample_op(x: Tensor, U: int, seed: int, save_idx: bool) -> Tuple[Tensor, Tensor]:
     R, S = _rows(x, U)
     y = torch.empty_like(x)
-    idx = torch.empty(R * S if save_idx else 0, dtype=torch.uint8)
-    _lib().lwta_sample(x.data_ptr(), y.data_ptr(), idx.data_ptr() if save_idx else None, R, U, S, seed & _U64,
-                       _threads(R * S))
+    idx = torch.empty(R * S if save_idx else 0, dtype=torch.uint8, device=x.device)
+    _kernels(x).sample(x, y, idx if save_idx else None, U, seed & _U64)
     return y, idx
 
 
@@ -109,30 +164,30 @@ def _sample_backward(ctx, grad_y: Tensor, grad_idx: Optional[Tensor]):
         raise RuntimeError('lwta_sample was called with save_idx=False and cannot be differentiated')
     grad_y = grad_y.contiguous()
     grad_x = torch.empty_like(grad_y)
-    R, S = _rows(grad_y, ctx.U)
-    _lib().lwta_sample_backward(grad_y.data_ptr(), idx.data_ptr(), grad_x.data_ptr(), R, ctx.U, S, _threads(R * S))
+    _kernels(grad_y).sample_backward(grad_y, idx, grad_x, ctx.U)
     return grad_x, None, None, None
 
 
 _sample_op.register_autograd(_sample_backward, setup_context=_sample_setup)
 
 
-@torch.library.custom_op('lwta_zoo::lwta_relaxed', mutates_args=())
+@torch.library.custom_op('lwta_zoo::lwta_relaxed', mutates_args=(), device_types=('cpu', 'cuda'))
 def _relaxed_op(x: Tensor, U: int, seed: int, tau: float, hard: bool, want_kl: bool,
                 save: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """y, the saved differences d (float32) and the KL (float32, mean over the batch)."""
     R, S = _rows(x, U)
     y = torch.empty_like(x)
-    d = torch.empty(R * (U - 1) * S if save else 0, dtype=x.dtype)
-    kl = _lib().lwta_relaxed(x.data_ptr(), y.data_ptr(), d.data_ptr() if save else None, R, U, S, seed & _U64, tau,
-                             hard, want_kl, _threads(R * S))
-    return y, d, torch.tensor(kl / x.shape[0], dtype=x.dtype)
+    d = torch.empty(R * (U - 1) * S if save else 0, dtype=torch.float32, device=x.device)
+    kl = _kernels(x).relaxed(x, y, d if save else None, U, seed & _U64, tau, hard, want_kl)
+    return y, d, kl
 
 
 @_relaxed_op.register_fake
 def _(x: Tensor, U: int, seed: int, tau: float, hard: bool, want_kl: bool,
       save: bool) -> Tuple[Tensor, Tensor, Tensor]:
     R, S = _rows(x, U)
-    return torch.empty_like(x), x.new_empty(R * (U - 1) * S if save else 0), x.new_empty(())
+    f32 = torch.float32
+    return torch.empty_like(x), x.new_empty(R * (U - 1) * S if save else 0, dtype=f32), x.new_empty((), dtype=f32)
 
 
 def _relaxed_setup(ctx, inputs, output) -> None:
@@ -146,11 +201,10 @@ def _relaxed_backward(ctx, grad_y: Optional[Tensor], grad_d: Optional[Tensor], g
     if d.numel() == 0:
         raise RuntimeError('lwta_relaxed was called with save=False and cannot be differentiated')
     grad_y = torch.zeros_like(y) if grad_y is None else grad_y.contiguous()
-    kl_scale = float(grad_kl) / ctx.batch if (grad_kl is not None and ctx.want_kl) else 0.0
+    # a tensor on the device (no host sync on CUDA); in float64, as the C kernel's scale was computed
+    kl_scale = grad_kl.double() / ctx.batch if (grad_kl is not None and ctx.want_kl) else None
     grad_x = torch.empty_like(y)
-    R, S = _rows(y, ctx.U)
-    _lib().lwta_relaxed_backward(grad_y.data_ptr(), y.data_ptr(), d.data_ptr(), grad_x.data_ptr(), R, ctx.U, S,
-                                 ctx.seed & _U64, ctx.tau, ctx.hard, kl_scale, _threads(R * S))
+    _kernels(y).relaxed_backward(grad_y, y, d, grad_x, ctx.U, ctx.seed & _U64, ctx.tau, ctx.hard, kl_scale)
     return grad_x, None, None, None, None, None, None
 
 
@@ -178,7 +232,7 @@ def relaxed(x: Tensor, tau: float, want_kl: bool = False, seed: Optional[int] = 
 
 
 def uniforms(n: int, seed: int, unit: int = 0) -> Tensor:
-    """The uniforms that a call with ``seed`` draws for ``unit`` of its first ``n`` blocks (block j = r*S + p).
+    """The uniforms (from the C kernel, on CPU) that a call with ``seed`` draws for ``unit`` of its first ``n`` blocks (block j = r*S + p).
 
     U=2 draws unit 0 only (one logistic variate a block); general U one Gumbel a unit.
     """

@@ -1,0 +1,155 @@
+"""The Triton kernels (the CUDA side of the fused LWTA ops) against the C kernels: the same
+uniforms bit for bit, the same exact samples and winners, and relaxed outputs, saved
+differences, KL and gradients to float rounding, for the same seed.
+
+There is no GPU here: the kernels run under Triton's interpreter on CPU tensors. It is chosen
+by TRITON_INTERPRET=1 when a kernel is decorated, Triton's own helpers (``tl.philox``)
+included, which are decorated when triton is imported, and ``import lwta_zoo`` imports
+triton already (torchvision imports torch._dynamo). So the Triton side runs in one
+subprocess started with the variable set (this file run as a script): it routes the custom
+ops to the Triton launchers and computes what ``_outputs()`` computes here with the C kernels.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Tuple
+
+import pytest
+import torch
+
+from lwta_zoo.kernels import cpu_library
+from lwta_zoo.layers import lwta_fast, lwta_kl
+
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec('triton') is None, reason='triton is not installed'),
+    pytest.mark.skipif(cpu_library() is None, reason='no C compiler: no C kernels to compare with'),
+]
+
+# dense with 3 chunks, the last one partial (U=2); conv with runs of 35 values, chunks
+# straddling rows; U = 2, 3, 4, 16 divide the 48 channels
+CASES = [((23, 48), U) for U in (2, 3, 4, 16)] + [((1, 48, 5, 7), U) for U in (2, 3, 4, 16)]
+HALF_CASES = [((1, 48, 5, 7), U, dtype) for U in (2, 4) for dtype in ('float16', 'bfloat16')]
+UNIFORM_CASES = [(seed, unit) for seed in (0, 5, 2 ** 31 + 7, 2 ** 63 + 12345, 2 ** 64 - 1) for unit in (0, 3)]
+SEED, TAU, KL_WEIGHT = -2 ** 62 - 2024, 0.67, 3.0  # the ops take signed seeds; this one sets bit 63
+Case = Tuple[Tuple[int, ...], int, str]
+
+
+def _inputs(shape: Tuple[int, ...], U: int, dtype: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The input and the upstream gradient of a case, representable in ``dtype``."""
+    g = torch.Generator().manual_seed(100 * len(shape) + U)
+    x, gy = torch.randn(shape, generator=g) * 2, torch.randn(shape, generator=g)
+    return x.to(getattr(torch, dtype)), gy.to(getattr(torch, dtype))
+
+
+def _outputs(case: Case, compute: str) -> Dict[str, torch.Tensor]:
+    """A case's exact sample, relaxed samples (soft, hard), their saved tensors, KL and
+    gradients, through the custom ops and their autograd, in the dtype ``compute``."""
+    shape, U, dtype = case
+    x, gy = (t.to(getattr(torch, compute)) for t in _inputs(shape, U, dtype))
+    x.requires_grad_(True)
+    out = {}
+    y, out['idx'] = torch.ops.lwta_zoo.lwta_sample(x, U, SEED, True)
+    out['sample'], (out['sample_grad'],) = y, torch.autograd.grad((y * gy).sum(), x)
+    for hard in (False, True):
+        y, d, kl = torch.ops.lwta_zoo.lwta_relaxed(x, U, SEED, TAU, hard, True, True)
+        (grad,) = torch.autograd.grad((y * gy).sum() + KL_WEIGHT * kl, x)
+        out.update({f'y{hard}': y, f'd{hard}': d, f'kl{hard}': kl, f'grad{hard}': grad})
+    return {k: v.detach() for k, v in out.items()}
+
+
+def _worker(path: str) -> None:
+    """The Triton side (run with TRITON_INTERPRET=1): the ops on CPU tensors go to the Triton launchers."""
+    import lwta_zoo
+    from lwta_zoo.kernels import triton_kernels
+
+    torch.set_num_threads(1)
+    lwta_zoo.LWTA(U=4).train()(torch.randn(2, 8, 3, 3))  # the fused CPU path
+    imported_for_cpu = 'lwta_zoo.kernels.lwta_triton' in sys.modules
+    kernels = triton_kernels()
+    lwta_fast._kernels = lambda t: kernels
+    torch.save({
+        'imported_for_cpu': imported_for_cpu,
+        'max_units': kernels.MAX_U,
+        'uniforms': {c: kernels.uniforms(600, *c, device='cpu') for c in UNIFORM_CASES},
+        'outputs': {(s, U, 'float32'): _outputs((s, U, 'float32'), 'float32') for s, U in CASES},
+        'half': {c: _outputs(c, c[2]) for c in HALF_CASES},
+    }, path)
+
+
+@pytest.fixture(scope='module')
+def triton_side(tmp_path_factory) -> dict:
+    path = tmp_path_factory.mktemp('triton') / 'results.pt'
+    run = subprocess.run([sys.executable, __file__, str(path)], env={**os.environ, 'TRITON_INTERPRET': '1'},
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return torch.load(path)
+
+
+def test_triton_is_imported_only_for_cuda_tensors_and_takes_the_same_units(triton_side):
+    assert not triton_side['imported_for_cpu']
+    assert triton_side['max_units'] == lwta_fast.max_units()
+
+
+@pytest.mark.parametrize('seed,unit', UNIFORM_CASES)
+def test_uniforms_equal_the_c_kernels_bit_for_bit(triton_side, seed, unit):
+    assert torch.equal(triton_side['uniforms'][seed, unit], lwta_fast.uniforms(600, seed, unit))
+
+
+@pytest.mark.parametrize('shape,U', CASES)
+def test_exact_sample_winners_and_gradient_equal_the_c_kernels(triton_side, shape, U):
+    tri, c = triton_side['outputs'][shape, U, 'float32'], _outputs((shape, U, 'float32'), 'float32')
+    assert (c['sample'] != 0).any() and (c['sample'] == 0).any()
+    for key in ('idx', 'sample', 'sample_grad'):
+        assert torch.equal(tri[key], c[key]), key
+
+
+@pytest.mark.parametrize('hard', [False, True])
+@pytest.mark.parametrize('shape,U', CASES)
+def test_relaxed_outputs_saved_differences_kl_and_gradients_match_the_c_kernels(triton_side, shape, U, hard):
+    tri, c = triton_side['outputs'][shape, U, 'float32'], _outputs((shape, U, 'float32'), 'float32')
+    assert torch.equal(tri[f'd{hard}'], c[f'd{hard}'])
+    if hard:  # one-hot: the winner's response
+        assert torch.equal(tri['yTrue'], c['yTrue'])
+    assert torch.allclose(tri[f'y{hard}'], c[f'y{hard}'], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(tri[f'kl{hard}'], c[f'kl{hard}'], rtol=1e-5)
+    assert torch.allclose(tri[f'grad{hard}'], c[f'grad{hard}'], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('hard', [False, True])
+@pytest.mark.parametrize('shape,U', [CASES[1], CASES[6]])
+def test_relaxed_sample_kl_and_gradient_equal_the_eager_reference(triton_side, shape, U, hard):
+    from test_lwta_fast import _noise, _one_hot, _units  # the C tests' reference for the same noise
+
+    tri = triton_side['outputs'][shape, U, 'float32']
+    x, gy = (t.double() for t in _inputs(shape, U, 'float32'))
+    x.requires_grad_(True)
+    s = ((_units(x, U) + _noise(shape, U, SEED)) / TAU).softmax(2)
+    xi = _one_hot(s.argmax(2), U) - s.detach() + s if hard else s
+    y, kl = (_units(x, U) * xi).flatten(1, 2), lwta_kl(x, U)
+    (grad,) = torch.autograd.grad((y * gy).sum() + KL_WEIGHT * kl, x)
+    assert torch.allclose(tri[f'y{hard}'].double(), y, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(tri[f'kl{hard}'], kl, rtol=1e-5)
+    assert torch.allclose(tri[f'grad{hard}'].double(), grad, rtol=1e-3, atol=1e-4 / TAU)
+
+
+@pytest.mark.parametrize('case', HALF_CASES, ids=str)
+def test_half_precision_inputs_match_the_c_kernels_on_their_float32_values(triton_side, case):
+    # the sample passes input values: exact; the relaxation rounds y to the input's dtype,
+    # and its backward recovers the input from that y
+    tri, c = triton_side['half'][case], _outputs(case, 'float32')
+    dtype, tol = getattr(torch, case[2]), {'float16': 2e-3, 'bfloat16': 2.4e-2}[case[2]]  # about 2 and 3 eps
+    assert tri['sample'].dtype == tri['sample_grad'].dtype == tri['yTrue'].dtype == dtype
+    assert tri['dTrue'].dtype == tri['klTrue'].dtype == torch.float32
+    for key in ('idx', 'sample', 'sample_grad'):
+        assert torch.equal(tri[key].to(c[key].dtype), c[key]), key
+    for hard in (False, True):
+        assert torch.equal(tri[f'd{hard}'], c[f'd{hard}'])
+        assert torch.allclose(tri[f'kl{hard}'], c[f'kl{hard}'], rtol=1e-5)
+        for key in (f'y{hard}', f'grad{hard}'):
+            assert torch.allclose(tri[key].float(), c[key], rtol=tol, atol=tol), key
+
+
+if __name__ == '__main__':
+    _worker(sys.argv[1])
