@@ -52,6 +52,8 @@ def _outputs(case: Case, compute: str) -> Dict[str, torch.Tensor]:
     out = {}
     y, out['idx'] = torch.ops.lwta_zoo.lwta_sample(x, U, SEED, True)
     out['sample'], (out['sample_grad'],) = y, torch.autograd.grad((y * gy).sum(), x)
+    out['sample_unsaved'] = torch.ops.lwta_zoo.lwta_sample(x, U, SEED, False)[0]  # inference: no idx, d, KL
+    out['y_unsaved'] = torch.ops.lwta_zoo.lwta_relaxed(x, U, SEED, TAU, False, False, False)[0]
     for hard in (False, True):
         y, d, kl = torch.ops.lwta_zoo.lwta_relaxed(x, U, SEED, TAU, hard, True, True)
         (grad,) = torch.autograd.grad((y * gy).sum() + KL_WEIGHT * kl, x)
@@ -101,7 +103,7 @@ def test_uniforms_equal_the_c_kernels_bit_for_bit(triton_side, seed, unit):
 def test_exact_sample_winners_and_gradient_equal_the_c_kernels(triton_side, shape, U):
     tri, c = triton_side['outputs'][shape, U, 'float32'], _outputs((shape, U, 'float32'), 'float32')
     assert (c['sample'] != 0).any() and (c['sample'] == 0).any()
-    for key in ('idx', 'sample', 'sample_grad'):
+    for key in ('idx', 'sample', 'sample_grad', 'sample_unsaved'):
         assert torch.equal(tri[key], c[key]), key
 
 
@@ -115,6 +117,8 @@ def test_relaxed_outputs_saved_differences_kl_and_gradients_match_the_c_kernels(
     assert torch.allclose(tri[f'y{hard}'], c[f'y{hard}'], rtol=1e-5, atol=1e-6)
     assert torch.allclose(tri[f'kl{hard}'], c[f'kl{hard}'], rtol=1e-5)
     assert torch.allclose(tri[f'grad{hard}'], c[f'grad{hard}'], rtol=1e-4, atol=1e-5)
+    assert torch.equal(tri['y_unsaved'], tri['yFalse'])
+    assert torch.allclose(tri['y_unsaved'], c['y_unsaved'], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('hard', [False, True])
