@@ -146,8 +146,9 @@ def test_module_records_the_fused_kl_with_its_gradient(U, hard):
 
 def _philox_uniforms(n: int, seed: int, unit: int) -> torch.Tensor:
     """The kernels' uniforms from the definition: block j = 256 c + 64 lane + g takes word `lane` of
-    Philox4x32-10(counter (g, c mod 2^32, c >> 32, unit), key seed) as ((word >> 8) + 0.5) / 2^24."""
-    mask, out = 0xFFFFFFFF, []
+    Philox4x32-10(counter (g, c mod 2^32, c >> 32, unit), key seed) as ((word >> 8) + 0.5) / 2^24 in
+    float32, held below 1."""
+    mask, words = 0xFFFFFFFF, []
     for j in range(n):
         c, (lane, g) = j // 256, divmod(j % 256, 64)
         w, k0, k1 = [g, c & mask, c >> 32, unit], seed & mask, seed >> 32
@@ -155,8 +156,8 @@ def _philox_uniforms(n: int, seed: int, unit: int) -> torch.Tensor:
             p0, p1 = 0xD2511F53 * w[0], 0xCD9E8D57 * w[2]
             w = [(p1 >> 32) ^ w[1] ^ k0, p1 & mask, (p0 >> 32) ^ w[3] ^ k1, p0 & mask]
             k0, k1 = (k0 + 0x9E3779B9) & mask, (k1 + 0xBB67AE85) & mask
-        out.append(((w[lane] >> 8) + 0.5) / 2 ** 24)
-    return torch.tensor(out, dtype=torch.float32)
+        words.append(w[lane] >> 8)
+    return ((torch.tensor(words, dtype=torch.float32) + 0.5) * 2 ** -24).clamp_max(1 - 2 ** -24)
 
 
 @pytest.mark.parametrize('extra_flags', [[], ['-mno-avx2']], ids=['this-cpu', 'portable'])
@@ -176,6 +177,8 @@ def test_uniforms_are_philox4x32_10(extra_flags, monkeypatch, tmp_path):
         seed = 0x0123456789ABCDEF
         for unit in (0, 5):
             assert torch.equal(lwta_fast.uniforms(600, seed, unit), _philox_uniforms(600, seed, unit))
+        # seed 1, unit 0, block 6818 draws the top word, whose (2^24 - 1) + 0.5 rounds to 2^24
+        assert lwta_fast.uniforms(6819, seed=1, unit=0)[6818] == 1 - 2 ** -24
     finally:
         monkeypatch.undo()
         cpu_library.cache_clear()
@@ -278,6 +281,16 @@ def test_a_failing_build_warns_and_falls_back(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         cpu_library.cache_clear()
+
+
+def test_the_top_uniform_gives_a_finite_block():
+    # seed 1 draws the largest word for unit 0 of block 6818: a uniform of 1 made its Gumbel
+    # infinite and the block NaN (for U > 2, about once in 2^24 blocks)
+    x = torch.randn(1, 4 * 6819, requires_grad=True)
+    y, kl = lwta_fast.relaxed(x, 0.67, want_kl=True, seed=1, U=4)
+    (grad,) = torch.autograd.grad(y.sum() + kl, x)
+    assert torch.isfinite(y).all() and torch.isfinite(grad).all()
+    assert torch.isfinite(lwta_fast.sample(x.detach(), seed=1, U=4)).all()
 
 
 @pytest.mark.parametrize('U', [2, 4])

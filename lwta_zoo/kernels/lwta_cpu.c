@@ -33,10 +33,12 @@
 
 /* Uniforms in (0, 1) for the CHUNK blocks of chunk c and unit k: offset o = lane*GROUPS + g
  * takes word `lane` of Philox4x32-10(counter = (g, c_lo, c_hi, k), key = seed), as
- * ((word >> 8) + 0.5) / 2^24. The GROUPS generators run side by side, one round at a time:
+ * ((word >> 8) + 0.5) / 2^24 in float arithmetic, at most U_MAX (a uniform of 1 would give an
+ * infinite Gumbel and a block of NaN). The GROUPS generators run side by side, one round at a time:
  * with AVX2 in hand-written vectors (eight generators a register, four registers
  * interleaved), elsewhere in plain arrays that the compiler may vectorise; both give the
  * same words. */
+#define U_MAX 0x1.fffffep-1f /* the largest float below 1: (2^24 - 1) + 0.5 would round up to 1 */
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
 #define PHILOX_W0 0x9E3779B9u
@@ -54,7 +56,7 @@ static inline void mulhilo8(__m256i a, __m256i m, __m256i *hi, __m256i *lo) {
 
 static void fill(float *u, uint64_t seed, uint64_t c, uint32_t k) {
     const __m256i m0 = _mm256_set1_epi32((int)PHILOX_M0), m1 = _mm256_set1_epi32((int)PHILOX_M1);
-    const __m256 scale = _mm256_set1_ps(1.0f / 16777216.0f), half = _mm256_set1_ps(0.5f);
+    const __m256 scale = _mm256_set1_ps(1.0f / 16777216.0f), half = _mm256_set1_ps(0.5f), top = _mm256_set1_ps(U_MAX);
     for (int g = 0; g < GROUPS; g += 8 * VECTORS) {
         __m256i w[4][VECTORS];
         for (int v = 0; v < VECTORS; v++) {
@@ -81,7 +83,7 @@ static void fill(float *u, uint64_t seed, uint64_t c, uint32_t k) {
         for (int lane = 0; lane < 4; lane++)
             for (int v = 0; v < VECTORS; v++) {
                 const __m256 f = _mm256_cvtepi32_ps(_mm256_srli_epi32(w[lane][v], 8));
-                _mm256_storeu_ps(u + lane * GROUPS + g + 8 * v, _mm256_mul_ps(_mm256_add_ps(f, half), scale));
+                _mm256_storeu_ps(u + lane * GROUPS + g + 8 * v, _mm256_min_ps(_mm256_mul_ps(_mm256_add_ps(f, half), scale), top));
             }
     }
 }
@@ -99,13 +101,10 @@ static void fill(float *u, uint64_t seed, uint64_t c, uint32_t k) {
         k0 += PHILOX_W0;
         k1 += PHILOX_W1;
     }
-    const float scale = 1.0f / 16777216.0f;
-    for (int g = 0; g < GROUPS; g++) {
-        u[g] = ((float)(w0[g] >> 8) + 0.5f) * scale;
-        u[GROUPS + g] = ((float)(w1[g] >> 8) + 0.5f) * scale;
-        u[2 * GROUPS + g] = ((float)(w2[g] >> 8) + 0.5f) * scale;
-        u[3 * GROUPS + g] = ((float)(w3[g] >> 8) + 0.5f) * scale;
-    }
+    const uint32_t *words[4] = {w0, w1, w2, w3};
+    for (int lane = 0; lane < 4; lane++)
+        for (int g = 0; g < GROUPS; g++)
+            u[lane * GROUPS + g] = fminf(((float)(words[lane][g] >> 8) + 0.5f) * (1.0f / 16777216.0f), U_MAX);
 }
 #endif
 

@@ -7,7 +7,7 @@ x[(r*U + k)*S + p], k < U. One program takes one chunk of CHUNK blocks as a tile
 (unit, lane, group) of shape (UP, 4, GROUPS), UP = U rounded up to a power of two, the
 chunk's block o = lane*GROUPS + group: the uniform of unit k of that block is word
 ``lane`` of Philox4x32-10(counter = (group, chunk_lo, chunk_hi, k), key = seed), mapped
-to ((w >> 8) + 0.5) / 2^24, as the C ``fill()`` does. ``tl.philox`` with uint32 counters
+to ((w >> 8) + 0.5) / 2^24 in float32, at most the largest float below 1, as the C ``fill()`` does. ``tl.philox`` with uint32 counters
 is that generator (the same multipliers, key increments and key (seed_lo, seed_hi));
 the tests compare the uniforms bit for bit.
 
@@ -55,8 +55,8 @@ def _at(r, p, k, S, K: tl.constexpr):
 
 @triton.jit
 def _uniform(seed, k):
-    """The uniforms of units k (shape (K, 1, 1)) for this program's chunk, (K, 4, GROUPS): in (0, 1],
-    as the C kernel's (its largest value rounds to 1)."""
+    """The uniforms of units k (shape (K, 1, 1)) for this program's chunk, (K, 4, GROUPS): in (0, 1),
+    as the C kernel's (the top value, which rounds to 1, is held just below it)."""
     chunk = tl.program_id(0).to(tl.int64)
     g = tl.arange(0, GROUPS)[None, None, :].to(tl.uint32) + (k * 0).to(tl.uint32)
     zero = g * 0
@@ -64,7 +64,7 @@ def _uniform(seed, k):
                                zero + (chunk >> 32).to(tl.uint32), zero + k.to(tl.uint32))
     lane = tl.arange(0, 4)[None, :, None]
     w = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
-    return ((w >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    return tl.minimum(((w >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0), 1.0 - 1.0 / 16777216.0)
 
 
 @triton.jit
