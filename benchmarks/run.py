@@ -2,7 +2,8 @@
 
 Prints, measured side by side in one run (CPU, and CUDA when available):
 
-1. one LWTA call on a WRN-16-4-sized activation: ReLU, ours (fused), ours (eager), reference;
+1. one LWTA call on a WRN-16-4-sized activation: ReLU, ours (fused; in place as ``relu_``),
+   ours (eager), reference;
 2. WRN-16-4 and WRN-34-1 (WRN-34-10 on CUDA) at batch B: train step (forward, ELBO
    backward, SGD step) and eval forward, LWTA (ours / reference) over ReLU; saved-for-backward
    memory over ReLU (CPU; peak allocated memory on CUDA);
@@ -74,14 +75,15 @@ def report(title: str, medians: Dict[str, float], base: str, targets: Dict[str, 
 
 def layer_benchmark(args, device: torch.device) -> None:
     x = torch.randn(args.batch, 64, 32, 32, device=device)
-    xg = x.clone().requires_grad_(True)
+    xg, x_mut = x.clone().requires_grad_(True), x.clone()  # x_mut: for the in-place calls (cost is value-blind)
     ref_eval, ref_train = ReferenceLWTA().eval(), ReferenceLWTA().train()
 
     def train(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], object]:
         return lambda: fn(xg).sum().backward()
 
     fns = {
-        'relu_ eval': lambda: torch.relu_(x),
+        'relu_ eval': lambda: torch.relu_(x_mut),
+        'ours eval, in place': lambda: lwta(x_mut, inplace=True),
         'ours eval': lambda: lwta(x),
         'reference eval': lambda: ref_eval(x),
         'relu train fwd+bwd': train(torch.relu),

@@ -12,15 +12,16 @@ RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU)
 def convert(model: nn.Module, U: int = 2, **lwta_kwargs) -> nn.Module:
     """Replace every ReLU-like activation module in ``model`` by ``LWTA(U, **lwta_kwargs)``.
 
-    Works in place on torchvision, timm or your own modules and returns ``model``. ReLUs
-    called as functions (``F.relu``) are not modules and are left alone. A channel count
-    that U does not divide is reported, with the module path, on the first forward.
+    Works in place on torchvision, timm or your own modules and returns ``model``. Each LWTA
+    keeps its ReLU's ``inplace`` unless ``lwta_kwargs`` sets it. ReLUs called as functions
+    (``F.relu``) are not modules and are left alone. A channel count that U does not divide
+    is reported, with the module path, on the first forward.
     """
     LWTA(U=U, **lwta_kwargs)  # validate the settings before touching the model
     for path, module in list(model.named_modules()):
         for name, child in module.named_children():
             if isinstance(child, RELU_LIKE):
-                setattr(module, name, LWTA(U=U, **lwta_kwargs))
+                setattr(module, name, LWTA(U=U, **{'inplace': getattr(child, 'inplace', False), **lwta_kwargs}))
     return track_kl(model)
 
 

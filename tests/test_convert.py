@@ -25,6 +25,14 @@ def test_convert_torchvision_resnet18():
     before = model(x).shape
     assert convert(model) is model
     _check_converted(model, x, before)
+    assert model.relu.inplace  # torchvision's ReLU(inplace=True): the LWTA keeps it
+
+
+def test_convert_keeps_each_relus_inplace_unless_told():
+    model = convert(nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 4), nn.ReLU()))
+    assert model[1].inplace and not model[3].inplace
+    model = convert(nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True)), inplace=False)
+    assert not model[1].inplace
 
 
 def test_convert_timm_vgg11():

@@ -283,6 +283,25 @@ def test_a_failing_build_warns_and_falls_back(monkeypatch, tmp_path):
         cpu_library.cache_clear()
 
 
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('U', [2, 4])
+def test_inplace_inference_overwrites_the_input_with_the_same_sample(shape, U):
+    x = torch.randn(shape)
+    torch.manual_seed(3)
+    expected = LWTA(U=U).eval()(x)
+    inplace, x_copy = LWTA(U=U, inplace=True).eval(), x.clone()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        y = inplace(x_copy)
+    assert y.data_ptr() == x_copy.data_ptr() and torch.equal(y, expected)
+    # where a gradient is needed the input stays as it was and the winner gets the gradient
+    xg = x.clone().requires_grad_(True)
+    y = inplace(xg)
+    assert torch.equal(xg.detach(), x) and y.data_ptr() != xg.data_ptr()
+    (grad,) = torch.autograd.grad(y.sum(), xg)
+    assert torch.equal(grad, (y != 0).float())
+
+
 def test_the_top_uniform_gives_a_finite_block():
     # seed 1 draws the largest word for unit 0 of block 6818: a uniform of 1 made its Gumbel
     # infinite and the block NaN (for U > 2, about once in 2^24 blocks)

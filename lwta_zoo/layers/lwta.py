@@ -66,12 +66,14 @@ def lwta(
     eval_tau: Optional[float] = None,
     name: str = 'LWTA',
     straight_through: bool = False,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Functional LWTA over blocks of U adjacent channels; see the module docstring.
 
     ``straight_through`` keeps the sample's forward value but differentiates it as softmax(h)
     (a straight-through estimator, for attacks that differentiate the sampled model), whether
-    the sample is exact or relaxed (``eval_tau``, training).
+    the sample is exact or relaxed (``eval_tau``, training). ``inplace`` lets an exact sample
+    that needs no gradient overwrite ``x`` on the fused path, as ``relu_`` does.
     """
     h = _blocks(x, U, name)
     if mode == 'max':
@@ -82,7 +84,8 @@ def lwta(
         raise ValueError(f'{name}: mode must be one of {MODES}, got {mode!r}')
     elif _fused(x, U, straight_through):
         if not training and eval_tau is None:
-            return lwta_fast.sample(x, U=U)
+            in_place = inplace and not (torch.is_grad_enabled() and x.requires_grad)
+            return lwta_fast.sample_(x, U=U) if in_place else lwta_fast.sample(x, U=U)
         return lwta_fast.relaxed(x, tau if training else eval_tau, U=U, hard=hard and training)[0]
     elif training or eval_tau is not None:
         # Concrete relaxation: softmax((log softmax(h) + g) / tau) == softmax((h + g) / tau).
@@ -129,7 +132,8 @@ class LWTA(nn.Module):
         mode: 'sample' | 'max' | 'mean'.
         eval_tau: if set, evaluation draws the soft relaxation at this temperature
             (the authors' code, 0.01) instead of exact one-hot samples.
-        inplace: accepted for ReLU compatibility (``act_layer(inplace=True)``); ignored.
+        inplace: as ReLU's: exact samples that need no gradient (inference) overwrite the
+            input on the fused path instead of filling a fresh tensor.
 
     After a training-mode forward, ``kl`` holds the KL of q(xi) to the uniform prior.
     """
@@ -150,7 +154,7 @@ class LWTA(nn.Module):
             raise ValueError(f'LWTA temperatures must be positive, got tau={tau}, eval_tau={eval_tau}')
         if mode not in MODES:
             raise ValueError(f'LWTA mode must be one of {MODES}, got {mode!r}')
-        self.U, self.tau, self.hard, self.mode, self.eval_tau = U, tau, hard, mode, eval_tau
+        self.U, self.tau, self.hard, self.mode, self.eval_tau, self.inplace = U, tau, hard, mode, eval_tau, inplace
         self.layer_name = 'LWTA'  # set to the module path by convert() and the model builders
         self.kl: Optional[torch.Tensor] = None
         self.accumulate_kl = False  # set where a root-level hook resets kl before each forward
@@ -165,13 +169,14 @@ class LWTA(nn.Module):
                 return y
             self._record_kl(lwta_kl(x, self.U, self.layer_name))
         return lwta(x, self.U, self.mode, self.training, self.tau, self.hard, self.eval_tau, self.layer_name,
-                    self.straight_through)
+                    self.straight_through, self.inplace)
 
     def _record_kl(self, kl: torch.Tensor) -> None:
         self.kl = kl if not (self.accumulate_kl and self.kl is not None) else self.kl + kl
 
     def extra_repr(self) -> str:
-        extra = f', eval_tau={self.eval_tau}' if self.eval_tau is not None else ''
+        extra = (f', eval_tau={self.eval_tau}' if self.eval_tau is not None else '') + (
+            ', inplace=True' if self.inplace else '')
         return f'U={self.U}, tau={self.tau}, hard={self.hard}, mode={self.mode!r}{extra}'
 
 

@@ -171,6 +171,11 @@ def _sample_backward(ctx, grad_y: Tensor, grad_idx: Optional[Tensor]):
 _sample_op.register_autograd(_sample_backward, setup_context=_sample_setup)
 
 
+@torch.library.custom_op('lwta_zoo::lwta_sample_', mutates_args=('x',), device_types=('cpu', 'cuda'))
+def _sample_inplace_op(x: Tensor, U: int, seed: int) -> None:
+    _kernels(x).sample(x, x, None, U, seed & _U64)  # each block is read before it is written
+
+
 @torch.library.custom_op('lwta_zoo::lwta_relaxed', mutates_args=(), device_types=('cpu', 'cuda'))
 def _relaxed_op(x: Tensor, U: int, seed: int, tau: float, hard: bool, want_kl: bool,
                 save: bool) -> Tuple[Tensor, Tensor, Tensor]:
@@ -218,6 +223,14 @@ def _needs_grad(x: Tensor) -> bool:
 def sample(x: Tensor, seed: Optional[int] = None, U: int = 2) -> Tensor:
     """Exact LWTA sample of ``x`` over blocks of U channels (the winner passes its response); gradient to the winner."""
     return _sample_op(x, U, _seed() if seed is None else seed, _needs_grad(x))[0]
+
+
+def sample_(x: Tensor, seed: Optional[int] = None, U: int = 2) -> Tensor:
+    """``sample`` written over ``x`` and returned (no gradient; as ``relu_``): what ``LWTA(inplace=True)``
+    runs in inference, where a fresh output would cost an allocation and a pass over new memory."""
+    _rows(x, U)
+    _sample_inplace_op(x, U, _seed() if seed is None else seed)
+    return x
 
 
 def relaxed(x: Tensor, tau: float, want_kl: bool = False, seed: Optional[int] = None, U: int = 2,
