@@ -13,8 +13,8 @@ Prints, measured side by side in one run (CPU, and CUDA when available):
 5. APGD-CE with EoT-20 (pyautoattack's APGDAttack): its own eot_iter loop vs one batched
    forward per step (``benchmarks.eot.EoTCrossEntropy``), same attack otherwise, at batch 4
    and the small batch;
-6. (CPU) WRN-16-4 with U=4 LWTA at batch B: train step and eval forward, fused kernels vs
-   the eager path on the same model.
+6. WRN-16-4 with U=4 LWTA at batch B: train step and eval forward, fused kernels (C on CPU,
+   Triton on CUDA) vs the eager path on the same model.
 
 Timings are interleaved (each repeat runs every variant once, in turn) and reported as
 medians, with the load average, because the machine may be shared. The issue's targets
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import lwta_zoo
 from lwta_zoo import MultiSample, kl_divergence, lwta
 from lwta_zoo.attacks.pgd import input_gradient
-from lwta_zoo.kernels import cpu_library
+from lwta_zoo.kernels import cpu_library, triton_kernels
 from lwta_zoo.layers import lwta_fast
 
 from .eot import EoTCrossEntropy
@@ -271,7 +271,8 @@ def main() -> None:
     devices = [torch.device('cpu')] + ([torch.device('cuda')] if torch.cuda.is_available() else [])
     print(f'torch {torch.__version__}, {platform.processor() or platform.machine()}, '
           f'{torch.get_num_threads()} threads, {os.cpu_count()} cores, load avg {os.getloadavg()}; '
-          f'fused CPU kernel: {"built" if cpu_library() is not None else "NOT available (eager fallback)"}')
+          f'fused CPU kernel: {"built" if cpu_library() is not None else "NOT available (eager fallback)"}; '
+          f'Triton (CUDA kernels): {"yes" if triton_kernels() is not None else "no"}')
     for device in devices:
         print(f'\n===== {device} =====')
         layer_benchmark(args, device)
@@ -283,8 +284,7 @@ def main() -> None:
         eot_benchmark(args, device, model)
         for batch in sorted({4, args.small_batch}):  # batching pays most where one batch leaves the device idle
             apgd_benchmark(args, device, model, batch)
-        if device.type == 'cpu':  # the fused kernels are CPU-only
-            general_u_benchmark(args, device)
+        general_u_benchmark(args, device)
 
 
 if __name__ == '__main__':
