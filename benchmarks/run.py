@@ -7,8 +7,8 @@ Prints, measured side by side in one run (CPU, and CUDA when available):
 2. WRN-16-4 and WRN-34-1 (WRN-34-10 on CUDA) at batch B: train step (forward, ELBO
    backward, SGD step) and eval forward, LWTA (ours / reference) over ReLU; saved-for-backward
    memory over ReLU (CPU; peak allocated memory on CUDA);
-3. L-sample prediction (WRN-34-1): L = 1, 5, 20 in one folded batch (and L=20 in forwards of
-   at most 4 copies: ``max_batch``) vs L single forwards;
+3. L-sample prediction (WRN-34-1): L = 1, 5, 20 folded into the batch (L=20 in one forward
+   and in forwards of the default ``max_batch`` rows) vs L single forwards;
 4. EoT-20 input gradient (WRN-34-1): batched vs a loop of 20 single-sample gradients;
 5. APGD-CE with EoT-20 (pyautoattack's APGDAttack): its own eot_iter loop vs one batched
    forward per step (``benchmarks.eot.EoTCrossEntropy``), same attack otherwise, at batch 4
@@ -198,7 +198,6 @@ def general_u_benchmark(args, device: torch.device, U: int = 4) -> None:
 def sampling_benchmark(args, device: torch.device, model: nn.Module) -> None:
     x = torch.rand(args.small_batch, 3, 32, 32, device=device)
     model.eval()
-    chunk = 4 * len(x)
 
     def predict(L: int, max_batch: int | None = None) -> Callable[[], object]:
         net = MultiSample(model, samples=L, max_batch=max_batch).eval()
@@ -215,8 +214,8 @@ def sampling_benchmark(args, device: torch.device, model: nn.Module) -> None:
         return run
 
     medians = timed({'L=1': predict(1), 'L=5 folded': predict(5), 'L=5 loop of single forwards': loop(5),
-                     'L=20 folded': predict(20, max_batch=20 * len(x)),
-                     f'L=20 folded, max_batch {chunk}': predict(20, max_batch=chunk),
+                     'L=20 folded, one forward': predict(20, max_batch=20 * len(x)),
+                     'L=20 folded, default max_batch': predict(20),
                      'L=20 loop of single forwards': loop(20)}, args.repeats, device)
     report(f'3. L-sample prediction, WRN-34-1 LWTA, batch {len(x)}', medians, 'L=1',
            {'L=5 folded': '<= 5x L=1'})

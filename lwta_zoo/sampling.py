@@ -15,8 +15,11 @@ import torch
 import torch.nn as nn
 
 AVERAGES = ('logits', 'probs')
-MAX_BATCH = 1024
-"""Default cap on the rows of one folded forward (L or EoT copies beyond it run in further forwards)."""
+MAX_BATCH = {'cpu': 128, 'cuda': 256}
+"""Default cap on the rows of one folded forward, by device type (256 elsewhere). CPU: a
+WRN-34-1 on a 2-core machine ran fastest per row at 64-128 rows and a quarter slower at 320
+(``benchmarks.run``, section 3). CUDA: a conservative cap for gradients of large models
+(not measured here); raise it where memory allows."""
 
 
 def check_samples(samples: int, average: str = 'logits') -> None:
@@ -28,26 +31,35 @@ def check_samples(samples: int, average: str = 'logits') -> None:
 
 
 def check_max_batch(max_batch: Optional[int]) -> None:
-    """Validate a cap on the rows of one folded forward (None: the default ``MAX_BATCH``)."""
+    """Validate a cap on the rows of one folded forward (None: the device's ``MAX_BATCH``)."""
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
         raise ValueError(f'max_batch must be a positive integer or None, got {max_batch!r}')
 
 
-def fold_plan(batch: int, samples: int, max_batch: Optional[int] = None) -> List[int]:
+def fold_plan(batch: int, samples: int, max_batch: Optional[int] = None, device: str = 'cpu') -> List[int]:
     """How many copies of a batch of ``batch`` rows each folded forward holds.
 
-    Whole copies, as many as fit in ``max_batch`` rows (``MAX_BATCH`` if None) and at least
-    one; the counts add up to ``samples``.
+    Whole copies, as many as fit in ``max_batch`` rows (if None, ``MAX_BATCH`` of the
+    ``device`` type) and at least one; the counts add up to ``samples``.
     """
     check_samples(samples)
     check_max_batch(max_batch)
-    per_forward = max(1, (max_batch or MAX_BATCH) // max(batch, 1))
+    per_forward = max(1, (max_batch or MAX_BATCH.get(device, 256)) // max(batch, 1))
     return [min(per_forward, samples - done) for done in range(0, samples, per_forward)]
 
 
 def repeat_batch(x: torch.Tensor, copies: int) -> torch.Tensor:
     """``copies`` copies of ``x`` stacked along the batch dimension (copy l is rows l*N .. l*N + N-1)."""
     return x.repeat(copies, *([1] * (x.dim() - 1))) if copies > 1 else x
+
+
+def folded_forward(
+    forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, samples: int, max_batch: Optional[int] = None,
+) -> torch.Tensor:
+    """``forward`` on L copies of ``x`` folded into the batch, in forwards of whole copies of at
+    most ``max_batch`` rows (``fold_plan``); the outputs stacked copy by copy, (L*N, ...)."""
+    plan = fold_plan(len(x), samples, max_batch, x.device.type)
+    return torch.cat([forward(repeat_batch(x, copies)) for copies in plan])
 
 
 def sample_average(
@@ -61,13 +73,12 @@ def sample_average(
 
     ``average='logits'`` returns the mean logits (eq. 10); ``'probs'`` returns the log of
     the mean softmax probabilities, so the result still works with ``cross_entropy``.
-    ``forward`` sees batches of whole copies of ``x``, at most ``max_batch`` rows each (see
-    ``fold_plan``).
+    ``forward`` sees batches of whole copies of ``x``, at most ``max_batch`` rows each
+    (``folded_forward``).
     """
     if samples == 1:
         return forward(x)
-    out = torch.cat([forward(repeat_batch(x, copies)) for copies in fold_plan(len(x), samples, max_batch)])
-    out = out.unflatten(0, (samples, x.shape[0]))
+    out = folded_forward(forward, x, samples, max_batch).unflatten(0, (samples, x.shape[0]))
     if average == 'logits':
         return out.mean(0)
     return out.log_softmax(-1).logsumexp(0) - torch.log(torch.tensor(float(samples), device=out.device))

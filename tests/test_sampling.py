@@ -82,6 +82,7 @@ def test_fold_plan_takes_whole_copies_within_the_row_cap():
     assert fold_plan(3, 5, max_batch=7) == [2, 2, 1]      # 2 copies of 3 rows fit in 7
     assert fold_plan(10, 4, max_batch=5) == [1, 1, 1, 1]  # one copy even when it alone exceeds the cap
     assert fold_plan(2, 20, max_batch=1000) == [20]
+    assert fold_plan(16, 20) == [8, 8, 4] and fold_plan(16, 20, device='cuda') == [16, 4]  # 128 / 256 rows
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match='max_batch'):
             fold_plan(3, 5, max_batch=bad)

@@ -64,7 +64,7 @@ def input_gradient(
     """
     x = x.detach().requires_grad_(True)
     grad = torch.zeros_like(x)
-    for copies in fold_plan(len(x), eot_samples, max_batch or getattr(model, 'max_batch', None)):
+    for copies in fold_plan(len(x), eot_samples, max_batch or getattr(model, 'max_batch', None), x.device.type):
         loss = loss_fn(model(repeat_batch(x, copies)), repeat_batch(y, copies)) * (copies / eot_samples)
         grad += torch.autograd.grad(loss, x)[0]
     return grad
