@@ -53,6 +53,8 @@ def _outputs(case: Case, compute: str) -> Dict[str, torch.Tensor]:
     y, out['idx'] = torch.ops.lwta_zoo.lwta_sample(x, U, SEED, True)
     out['sample'], (out['sample_grad'],) = y, torch.autograd.grad((y * gy).sum(), x)
     out['sample_unsaved'] = torch.ops.lwta_zoo.lwta_sample(x, U, SEED, False)[0]  # inference: no idx, d, KL
+    out['sample_inplace'] = x.detach().clone()  # LWTA(inplace=True) in inference: written over its input
+    torch.ops.lwta_zoo.lwta_sample_(out['sample_inplace'], U, SEED)
     out['y_unsaved'] = torch.ops.lwta_zoo.lwta_relaxed(x, U, SEED, TAU, False, False, False)[0]
     for hard in (False, True):
         y, d, kl = torch.ops.lwta_zoo.lwta_relaxed(x, U, SEED, TAU, hard, True, True)
@@ -103,8 +105,9 @@ def test_uniforms_equal_the_c_kernels_bit_for_bit(triton_side, seed, unit):
 def test_exact_sample_winners_and_gradient_equal_the_c_kernels(triton_side, shape, U):
     tri, c = triton_side['outputs'][shape, U, 'float32'], _outputs((shape, U, 'float32'), 'float32')
     assert (c['sample'] != 0).any() and (c['sample'] == 0).any()
-    for key in ('idx', 'sample', 'sample_grad', 'sample_unsaved'):
+    for key in ('idx', 'sample', 'sample_grad', 'sample_unsaved', 'sample_inplace'):
         assert torch.equal(tri[key], c[key]), key
+    assert torch.equal(c['sample_inplace'], c['sample'])
 
 
 @pytest.mark.parametrize('hard', [False, True])
