@@ -7,9 +7,10 @@ x[(r*U + k)*S + p], k < U. One program takes one chunk of CHUNK blocks as a tile
 (unit, lane, group) of shape (UP, 4, GROUPS), UP = U rounded up to a power of two, the
 chunk's block o = lane*GROUPS + group: the uniform of unit k of that block is word
 ``lane`` of Philox4x32-10(counter = (group, chunk_lo, chunk_hi, k), key = seed), mapped
-to ((w >> 8) + 0.5) / 2^24 in float32, at most the largest float below 1, as the C ``fill()`` does. ``tl.philox`` with uint32 counters
-is that generator (the same multipliers, key increments and key (seed_lo, seed_hi));
-the tests compare the uniforms bit for bit.
+to ((w >> 8) + 0.5) / 2^24 in float32, at most the largest float below 1, as the C
+``fill()`` does. ``tl.philox`` with uint32 counters is that generator (the same
+multipliers, key increments and key (seed_lo, seed_hi)); the tests compare the uniforms
+bit for bit.
 
 U=2 decides a block with one logistic variate, general U with a Gumbel a unit (see the
 C header). Inputs may be float32, float16 or bfloat16: kernels compute in float32 and

@@ -173,6 +173,7 @@ _sample_op.register_autograd(_sample_backward, setup_context=_sample_setup)
 
 @torch.library.custom_op('lwta_zoo::lwta_sample_', mutates_args=('x',), device_types=('cpu', 'cuda'))
 def _sample_inplace_op(x: Tensor, U: int, seed: int) -> None:
+    _rows(x, U)
     _kernels(x).sample(x, x, None, U, seed & _U64)  # each block is read before it is written
 
 
@@ -228,7 +229,6 @@ def sample(x: Tensor, seed: Optional[int] = None, U: int = 2) -> Tensor:
 def sample_(x: Tensor, seed: Optional[int] = None, U: int = 2) -> Tensor:
     """``sample`` written over ``x`` and returned (no gradient; as ``relu_``): what ``LWTA(inplace=True)``
     runs in inference, where a fresh output would cost an allocation and a pass over new memory."""
-    _rows(x, U)
     _sample_inplace_op(x, U, _seed() if seed is None else seed)
     return x
 
@@ -245,7 +245,8 @@ def relaxed(x: Tensor, tau: float, want_kl: bool = False, seed: Optional[int] = 
 
 
 def uniforms(n: int, seed: int, unit: int = 0) -> Tensor:
-    """The uniforms (from the C kernel, on CPU) that a call with ``seed`` draws for ``unit`` of its first ``n`` blocks (block j = r*S + p).
+    """The uniforms that a call with ``seed`` draws for ``unit`` of its first ``n`` blocks (block j = r*S + p),
+    from the C kernel (the Triton kernels draw the same).
 
     U=2 draws unit 0 only (one logistic variate a block); general U one Gumbel a unit.
     """
