@@ -1,4 +1,4 @@
-"""LWTA performance benchmarks: ``python -m benchmarks.run [--quick] [--repeats R] [--batch B]``.
+"""LWTA performance benchmarks: ``python -m benchmarks.run [--quick] [--repeats R] [--batch B] [--sections 2,3]``.
 
 Prints, measured side by side in one run (CPU, and CUDA when available):
 
@@ -157,7 +157,8 @@ def wrn_benchmark(args, device: torch.device, depth: int, widen: int) -> None:
         m.to(device)
 
     train = timed({f'{n} train step': train_step(m, x, y) for n, m in models.items()}, args.repeats, device)
-    evals = timed({f'{n} eval forward': eval_forward(m, x) for n, m in models.items()}, args.repeats, device)
+    # an eval forward costs a fraction of a step: five times the repeats, for a steadier median
+    evals = timed({f'{n} eval forward': eval_forward(m, x) for n, m in models.items()}, args.repeats * 5, device)
     title = f'2. WRN-{depth}-{widen}, batch {args.batch}'
     report(title + ': training step', train, 'relu train step',
            {'lwta train step': '<= 1.2x relu'})
@@ -264,7 +265,9 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--apgd-steps', type=int, default=5)
     parser.add_argument('--quick', action='store_true', help='tiny sizes: a smoke test of this script')
+    parser.add_argument('--sections', default='1,2,3,4,5,6', help='which of the numbered sections to run')
     args = parser.parse_args()
+    sections = {int(n) for n in args.sections.split(',') if n}
     if args.quick:
         args.batch, args.small_batch, args.repeats, args.apgd_steps = 8, 2, 1, 2
     devices = [torch.device('cpu')] + ([torch.device('cuda')] if torch.cuda.is_available() else [])
@@ -274,16 +277,22 @@ def main() -> None:
           f'Triton (CUDA kernels): {"yes" if triton_kernels() is not None else "no"}')
     for device in devices:
         print(f'\n===== {device} =====')
-        layer_benchmark(args, device)
-        for depth, widen in [(16, 4), (34, 1)] + ([(34, 10)] if device.type == 'cuda' else []):
-            wrn_benchmark(args, device, depth, widen)
+        if 1 in sections:
+            layer_benchmark(args, device)
+        if 2 in sections:
+            for depth, widen in [(16, 4), (34, 1)] + ([(34, 10)] if device.type == 'cuda' else []):
+                wrn_benchmark(args, device, depth, widen)
         torch.manual_seed(0)
         model = lwta_zoo.WideResNet(depth=34, widen_factor=1, act='lwta').to(device)
-        sampling_benchmark(args, device, model)
-        eot_benchmark(args, device, model)
-        for batch in sorted({4, args.small_batch}):  # batching pays most where one batch leaves the device idle
-            apgd_benchmark(args, device, model, batch)
-        general_u_benchmark(args, device)
+        if 3 in sections:
+            sampling_benchmark(args, device, model)
+        if 4 in sections:
+            eot_benchmark(args, device, model)
+        if 5 in sections:  # batching pays most where one batch leaves the device idle: two batch sizes
+            for batch in sorted({4, args.small_batch}):
+                apgd_benchmark(args, device, model, batch)
+        if 6 in sections:
+            general_u_benchmark(args, device)
 
 
 if __name__ == '__main__':
