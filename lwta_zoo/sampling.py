@@ -16,10 +16,11 @@ import torch.nn as nn
 
 AVERAGES = ('logits', 'probs')
 MAX_BATCH = {'cpu': 128, 'cuda': 256}
-"""Default cap on the rows of one folded forward, by device type (256 elsewhere). CPU: a
-WRN-34-1 on a 2-core machine ran fastest per row at 64-128 rows and a quarter slower at 320
-(``benchmarks.run``, section 3). CUDA: a conservative cap for gradients of large models
-(not measured here); raise it where memory allows."""
+"""Default cap on the rows of one folded forward, by device type (256 elsewhere). CPU: on a
+2-core machine, L=20 prediction of a WRN-34-1 at batch 16 took 0.48 s in forwards of 128 rows
+against 0.77 s in one forward of 320 (``benchmarks.run``, section 3; the output is committed in
+benchmarks/). CUDA: a conservative cap for gradients of large models (not measured here);
+raise it where memory allows."""
 
 
 def check_samples(samples: int, average: str = 'logits') -> None:

@@ -58,9 +58,8 @@ def input_gradient(
 
     The draws run in forwards of at most ``max_batch`` rows (``lwta_zoo.sampling.fold_plan``;
     default: the model's own ``max_batch``), each differentiated before the next, so memory is
-    that of one such forward. ``loss_fn``
-    must average over the batch (as cross-entropy does): each forward's loss is weighted by
-    its share of the draws.
+    that of one such forward. ``loss_fn`` must average over the batch (as cross-entropy does):
+    each forward's loss is weighted by its share of the draws.
     """
     x = x.detach().requires_grad_(True)
     grad = torch.zeros_like(x)

@@ -33,9 +33,9 @@
 
 /* Uniforms in (0, 1) for the CHUNK blocks of chunk c and unit k: offset o = lane*GROUPS + g
  * takes word `lane` of Philox4x32-10(counter = (g, c_lo, c_hi, k), key = seed), as
- * ((word >> 8) + 0.5) / 2^24 in float arithmetic, at most U_MAX (a uniform of 1 would give an
- * infinite Gumbel and a block of NaN). The GROUPS generators run side by side, one round at a time:
- * with AVX2 in hand-written vectors (eight generators a register, four registers
+ * ((word >> 8) + 0.5) / 2^24 in float arithmetic, at most U_MAX (a uniform of 1 would give
+ * an infinite Gumbel and a block of NaN). The GROUPS generators run side by side, one round
+ * at a time: with AVX2 in hand-written vectors (eight generators a register, four registers
  * interleaved), elsewhere in plain arrays that the compiler may vectorise; both give the
  * same words. */
 #define U_MAX 0x1.fffffep-1f /* the largest float below 1: (2^24 - 1) + 0.5 would round up to 1 */
@@ -83,7 +83,8 @@ static void fill(float *u, uint64_t seed, uint64_t c, uint32_t k) {
         for (int lane = 0; lane < 4; lane++)
             for (int v = 0; v < VECTORS; v++) {
                 const __m256 f = _mm256_cvtepi32_ps(_mm256_srli_epi32(w[lane][v], 8));
-                _mm256_storeu_ps(u + lane * GROUPS + g + 8 * v, _mm256_min_ps(_mm256_mul_ps(_mm256_add_ps(f, half), scale), top));
+                const __m256 uniform = _mm256_min_ps(_mm256_mul_ps(_mm256_add_ps(f, half), scale), top);
+                _mm256_storeu_ps(u + lane * GROUPS + g + 8 * v, uniform);
             }
     }
 }
@@ -186,8 +187,8 @@ static double relaxed2(const float *x, float *y, float *d, int64_t R, int64_t S,
                     const float di = a[i] - b[i];                               \
                     /* KL = log 2 + s0*d - softplus(d), s0 = sigmoid(d), written    \
                      * with e = exp(-|d|) to avoid cancellation at large |d|; log(1 + e) \
-                     * rather than log1p(e) (a quarter faster here): where they differ,  \
-                     * e < 2^-24, the term is below float resolution of the sum anyway */ \
+                     * rather than log1p(e) (a quarter faster here): they differ only   \
+                     * for e < 2^-24, below float resolution of a block's KL (~log 2) */ \
                     const float e = expf(-fabsf(di));                           \
                     acc += log2 - e / (1.0f + e) * fabsf(di) - logf(1.0f + e);  \
                 }                                                               \
