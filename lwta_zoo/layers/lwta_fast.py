@@ -63,7 +63,7 @@ def supports(x: Tensor, U: int = 2) -> bool:
     """Whether the fused kernels can take ``x`` with U units a block: contiguous, on CPU in float32
     or on CUDA in float32, float16 or bfloat16, the device's kernels available here."""
     return (_enabled and x.dtype in _DTYPES.get(x.device.type, ()) and x.dim() >= 2 and x.is_contiguous()
-            and 2 <= U <= max_units(x.device.type))
+            and x.numel() > 0 and 2 <= U <= max_units(x.device.type))  # an empty batch: the eager path
 
 
 def _rows(x: Tensor, U: int) -> Tuple[int, int]:
