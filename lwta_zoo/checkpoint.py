@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 from safetensors import SafetensorError
@@ -64,3 +64,17 @@ def load_state(path: os.PathLike) -> Dict[str, Any]:
     except (SafetensorError, KeyError, ValueError, OSError) as e:
         raise ValueError(f'{path} is not a lwta_zoo training checkpoint: {e}') from e
     return _join(tree, tensors)
+
+
+def flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+    """``{'a': {'b': 1}}`` -> ``{'a.b': 1}``."""
+    out: Dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(flatten(v, f'{prefix}{k}.') if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def differences(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+    """The dotted keys at which two nested mappings differ (present in one only, or unequal)."""
+    a, b = flatten(saved), flatten(now)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, _REF) != b.get(k, _REF))

@@ -39,18 +39,23 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save
 from timm.models import (
     clean_state_dict, model_entrypoint, parse_model_name, resolve_pretrained_cfg, split_model_name_tag,
 )
 from timm.models._hub import download_from_hf, hf_split, save_config_for_hf
 from timm.models._pretrained import PretrainedCfg
 
+from .checkpoint import differences, flatten
+
 WEIGHTS_FILE, CONFIG_FILE, CARD_FILE = 'model.safetensors', 'config.json', 'README.md'
 MIRROR_ENV = 'LWTA_ZOO_WEIGHTS'
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / 'weights'
 RECIPES = Path(__file__).resolve().parents[1] / 'recipes'  # in a source checkout
 STATE_DICT_KEYS = ('state_dict', 'model_state_dict', 'model')  # where checkpoints keep their weights
+# safetensors metadata entry: the config.json entries that built the exported network (see model_identity)
+MODEL_META = 'lwta_zoo.model'
+RUNTIME_ARGS = ('samples', 'sample_average', 'max_batch')  # model_args that set how it predicts, not what it is
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -114,16 +119,58 @@ def _require_zoo_architecture(arch: Any, where: str) -> None:
         raise ValueError(f'{where} names architecture {arch!r}, which is not a model of lwta_zoo')
 
 
+def check_finite(state_dict: Dict[str, torch.Tensor], source: Any) -> None:
+    """Refuse weights holding NaN or inf: such a model predicts one class whatever its input."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f'Weights {source} hold non-finite values (NaN or inf) in {_listing(bad)}; refusing them')
+
+
 def _check_keys(state_dict: Dict[str, torch.Tensor], model: nn.Module, source: Any) -> Dict[str, torch.Tensor]:
-    """Refuse weights whose keys differ from ``model``'s; a timm ``pretrained_filter_fn``."""
-    expected = set(model.state_dict())
-    missing, unexpected = expected - set(state_dict), set(state_dict) - expected
+    """Refuse weights whose keys or shapes differ from ``model``'s, non-finite weights, and a config.json
+    beside them that no longer describes the network they were exported from; a timm ``pretrained_filter_fn``."""
+    own = model.state_dict()
+    missing, unexpected = set(own) - set(state_dict), set(state_dict) - set(own)
+    arch = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
     if missing or unexpected:
-        arch = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
         raise ValueError(
             f'Weights {source} do not fit {arch}: missing keys {_listing(missing)}, '
             f'unexpected keys {_listing(unexpected)}')
+    shapes = [f'{k} {tuple(v.shape)} (the model: {tuple(own[k].shape)})' for k, v in state_dict.items()
+              if v.shape != own[k].shape]
+    if shapes:
+        raise ValueError(f'Weights {source} do not fit {arch}: shapes differ at {len(shapes)} keys: '
+                         + ', '.join(shapes[:4]) + (', ...' if len(shapes) > 4 else ''))
+    check_finite(state_dict, source)
+    config = Path(source).with_name(CONFIG_FILE) if isinstance(source, (str, Path)) else None
+    if config is not None and config.is_file():
+        check_config_matches(Path(source), _read_config(config), config)
     return state_dict
+
+
+def model_identity(config: Dict[str, Any]) -> Dict[str, Any]:
+    """What in a config.json decides the network its weights belong to: architecture, classes and the
+    build arguments other than the runtime ones (``RUNTIME_ARGS``)."""
+    args = {k: v for k, v in (config.get('model_args') or {}).items() if k not in RUNTIME_ARGS}
+    return {'architecture': config.get('architecture'), 'num_classes': config.get('num_classes'), 'model_args': args}
+
+
+def check_config_matches(weights: Path, config: Dict[str, Any], where: Any) -> None:
+    """Refuse a config.json whose model identity differs from the one recorded in the weights at export
+    (an edited ``model_args`` would rebuild another network around the same weights). Weights exported
+    before the record existed pass unchecked."""
+    with safe_open(str(weights), 'pt') as f:
+        recorded = (f.metadata() or {}).get(MODEL_META)
+    if recorded is None:
+        return
+    saved, now = json.loads(recorded), model_identity(config)
+    diff = differences(saved, now)
+    if diff:
+        flat_saved, flat_now = flatten(saved), flatten(now)
+        details = '; '.join(f'{k}: {flat_now.get(k)!r} here, {flat_saved.get(k)!r} at export' for k in diff)
+        raise ValueError(f'{where} does not describe the network {weights} were exported from ({details}); '
+                         'restore the exported config.json')
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,16 +389,31 @@ def save_pretrained(
                               f'the pretrained_cfg of this {type(model).__name__} (build it with timm.create_model)')
     if metrics is not None:
         _check_metrics(_structured(metrics))
+    state_dict = {k: v.contiguous() for k, v in model.state_dict().items()}
+    check_finite(state_dict, f'of this {type(model).__name__}')
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / WEIGHTS_FILE,
-              metadata={'format': 'pt'})
     extras = {k: v for k, v in (('recipe', recipe), ('metrics', metrics), ('provenance', provenance)) if v is not None}
     # timm.create_model records the build arguments; the sample count is the model's current one.
     save_config_for_hf(model, folder / CONFIG_FILE, model_config=extras,
                        model_args={'samples': model.num_samples, 'sample_average': model.sample_average})
-    (folder / CARD_FILE).write_text(model_card(json.loads((folder / CONFIG_FILE).read_text())), encoding='utf-8')
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    _save_weights(state_dict, folder / WEIGHTS_FILE, {'format': 'pt', MODEL_META: json.dumps(model_identity(config))})
+    (folder / CARD_FILE).write_text(model_card(config), encoding='utf-8')
     return folder
+
+
+def _save_weights(state_dict: Dict[str, torch.Tensor], path: Path, metadata: Dict[str, str]) -> None:
+    """safetensors with its metadata in sorted order: safetensors writes it in hash order, and the same
+    weights should give the same bytes (hashes, pushes that change nothing)."""
+    data = save(state_dict, metadata=metadata)
+    n = int.from_bytes(data[:8], 'little')
+    header = json.loads(data[8:8 + n])
+    header['__metadata__'] = dict(sorted(header['__metadata__'].items()))
+    text = json.dumps(header, separators=(',', ':'), ensure_ascii=False).encode()
+    if len(text) > n:
+        raise RuntimeError(f'safetensors header of {path} grew when sorted ({len(text)} > {n} bytes)')
+    path.write_bytes(data[:8] + text.ljust(n) + data[8 + n:])
 
 
 def load_pretrained(source: Union[str, Path], **kwargs: Any) -> nn.Module:
@@ -363,13 +425,26 @@ def load_pretrained(source: Union[str, Path], **kwargs: Any) -> nn.Module:
     """
     name = f'local-dir:{source}' if Path(source).is_dir() else str(source)
     kind, ident = parse_model_name(name)
+    config = None
     if kind == 'local-dir':
-        check_export(ident)
+        config = check_export(ident)
     elif kind == 'hf-hub':
-        _read_config(Path(download_from_hf(ident, CONFIG_FILE, cache_dir=kwargs.get('cache_dir'))))
+        try:
+            config = _read_config(Path(download_from_hf(ident, CONFIG_FILE, cache_dir=kwargs.get('cache_dir'))))
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+            raise MissingWeightsError(f'{source}: its {CONFIG_FILE} is not in the Hugging Face cache and the Hub '
+                                      'cannot be reached (offline?)') from e
+        except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError) as e:
+            raise MissingWeightsError(f'{source}: the Hugging Face Hub has no {CONFIG_FILE} there') from e
     else:
         _require_zoo_architecture(split_model_name_tag(ident)[0], f'{source!r}')
-    return timm.create_model(name, pretrained=True, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except TypeError as e:  # model_args that the architecture's builder does not take
+        if config is None:
+            raise
+        raise ValueError(f'{source}: {CONFIG_FILE} model_args {config.get("model_args")} do not fit architecture '
+                         f'{config["architecture"]!r} ({e})') from e
 
 
 def push_to_hub(
@@ -395,9 +470,11 @@ def push_to_hub(
             return push_to_hub(folder, repo_id, revision=revision, private=private,
                                commit_message=commit_message, create_pr=create_pr, token=token)
     folder = Path(folder_or_model)
-    check_export(folder)
+    config = check_export(folder)
     if not (folder / CARD_FILE).is_file():
         raise FileNotFoundError(f'{folder} has no {CARD_FILE}: export it with save_pretrained')
+    check_finite(load_file(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
+    check_config_matches(folder / WEIGHTS_FILE, config, folder / CONFIG_FILE)
     api = HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True)
     return api.upload_folder(
