@@ -49,6 +49,7 @@ def test_idx_files_in_data_dir(tmp_path: Path) -> None:
 
 
 def test_missing_dataset_names_every_place_it_looked(tmp_path: Path, private_cache: Path) -> None:
+    (tmp_path / 'mine').mkdir()  # an empty data folder (one that does not exist is its own error)
     with pytest.raises(DatasetNotFound) as e:
         load_arrays('cifar10', 'train', tmp_path / 'mine', download=False)
     message = str(e.value)

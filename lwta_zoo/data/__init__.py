@@ -18,7 +18,8 @@ labels, wrapped in :class:`ImageDataset`. Where a split comes from, first hit wi
    then torchvision into ``$LWTA_ZOO_DATA``.
 
 If nothing works, one :class:`DatasetNotFound` error lists every place tried and how to
-get the data.
+get the data. A ``root`` that does not exist is an error of its own: a mistyped folder never
+falls back quietly to other copies.
 """
 from __future__ import annotations
 
@@ -93,13 +94,24 @@ def read_npz(path: os.PathLike, channels: Optional[int] = None) -> Arrays:
 
     Channels-last is recognised by a last axis of ``channels`` (default: 1 or 3) that the second axis is not.
     """
-    with np.load(path) as f:
-        if 'images' not in f or 'labels' not in f:
-            raise ValueError(f'{path}: expected arrays "images" and "labels", found {list(f.keys())}')
-        images, labels = torch.from_numpy(f['images']), torch.from_numpy(f['labels']).long()
+    try:
+        with np.load(path) as f:
+            if 'images' not in f or 'labels' not in f:
+                raise ValueError(f'{path}: expected arrays "images" and "labels", found {list(f.keys())}')
+            images, labels = torch.from_numpy(f['images']), f['labels']
+    except (OSError, EOFError) as e:  # not a zip / truncated: numpy says so in its own words
+        raise ValueError(f'{path} is not a readable .npz file ({e})') from None
     if images.dtype != torch.uint8 or images.dim() not in (3, 4):
         raise ValueError(f'{path}: images must be uint8 (N, H, W[, C]) or (N, C, H, W), '
                          f'got {images.dtype} {tuple(images.shape)}')
+    if labels.dtype.kind not in 'iu' or labels.ndim != 1:
+        raise ValueError(f'{path}: labels must be a 1-d array of integers (class indices), '
+                         f'got {labels.dtype} {labels.shape}')
+    labels = torch.from_numpy(labels).long()
+    if len(labels) == 0:
+        raise ValueError(f'{path} holds no examples')
+    if labels.min() < 0:
+        raise ValueError(f'{path}: labels must be class indices >= 0, found {int(labels.min())}')
     if images.dim() == 3:
         images = images.unsqueeze(1)
     elif images.shape[-1] in ((channels,) if channels else (1, 3)) and images.shape[1] != images.shape[-1]:
@@ -194,6 +206,8 @@ def load_arrays(name: str, split: str, root: Optional[os.PathLike] = None, downl
     if split not in SPLITS:
         raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
     root = Path(root).expanduser() if root is not None else None
+    if root is not None and not root.is_dir():
+        raise DatasetNotFound(f'data folder {root} (data.root / --data-dir) does not exist or is not a folder')
     tried = []
     for folder in _search_dirs(name, info, root):
         found = _local(name, info, split, folder) if folder.is_dir() else None
@@ -222,9 +236,17 @@ def _checked(arrays: Arrays, name: str, info: DatasetInfo, where: str) -> Arrays
     if tuple(images.shape[1:]) != info.shape or len(images) != len(labels):
         raise ValueError(f'{name} from {where}: expected images (N, {", ".join(map(str, info.shape))}) and N '
                          f'labels, got {tuple(images.shape)} and {len(labels)}')
-    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < info.num_classes):
-        raise ValueError(f'{name} from {where}: labels outside [0, {info.num_classes})')
+    check_labels(labels, info.num_classes, f'{name} from {where}')
     return images, labels
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, where: str) -> None:
+    """Refuse labels that are not class indices in [0, num_classes) (a model would fail on them mid-run)."""
+    if labels.is_floating_point():
+        raise ValueError(f'{where}: labels must be integers (class indices), got {labels.dtype}')
+    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < num_classes):
+        raise ValueError(f'{where}: labels outside [0, {num_classes}): found {int(labels.min())}..'
+                         f'{int(labels.max())}')
 
 
 # --------------------------------------------------------------------------- torch datasets
@@ -266,6 +288,8 @@ class ImageDataset(Dataset):
 def subset(arrays: Arrays, n: Optional[int], seed: int = 0) -> Arrays:
     """A class-agnostic random subset of ``n`` examples (all if ``n`` is None), fixed by ``seed``."""
     images, labels = arrays
+    if n is not None and n < 1:
+        raise ValueError(f'a subset needs n >= 1 examples, got {n}')
     if n is None or n >= len(labels):
         return arrays
     keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n].sort().values
