@@ -87,9 +87,13 @@ def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Name
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    prog = f'lwta-zoo {args.command}'
+    if unknown:  # argparse would blame the top-level parser; the subcommand is the one that has no such option
+        print(f'{prog}: error: unrecognized arguments: {" ".join(unknown)}', file=sys.stderr)
+        return 2
     args.command_line = shlex.join(['lwta-zoo', *argv])  # recorded in reports, so numbers say where they came from
-    return run(args.func, args, f'lwta-zoo {args.command}')
+    return run(args.func, args, prog)
 
 
 if __name__ == '__main__':

@@ -24,6 +24,7 @@ falls back quietly to other copies.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
@@ -94,13 +95,21 @@ def read_npz(path: os.PathLike, channels: Optional[int] = None) -> Arrays:
 
     Channels-last is recognised by a last axis of ``channels`` (default: 1 or 3) that the second axis is not.
     """
+    broken = (OSError, EOFError, ValueError, zipfile.BadZipFile)  # numpy's own words for a file it cannot read
     try:
-        with np.load(path) as f:
-            if 'images' not in f or 'labels' not in f:
-                raise ValueError(f'{path}: expected arrays "images" and "labels", found {list(f.keys())}')
-            images, labels = torch.from_numpy(f['images']), f['labels']
-    except (OSError, EOFError) as e:  # not a zip / truncated: numpy says so in its own words
+        f = np.load(path)  # never unpickles (allow_pickle=False)
+    except broken as e:
         raise ValueError(f'{path} is not a readable .npz file ({e})') from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f'{path}: expected an .npz archive of "images" and "labels", found one {type(f).__name__}')
+    with f:
+        if 'images' not in f or 'labels' not in f:
+            raise ValueError(f'{path}: expected arrays "images" and "labels", found {list(f.keys())}')
+        try:
+            arrays = {k: f[k] for k in ('images', 'labels')}
+        except broken as e:
+            raise ValueError(f'{path} is not a readable .npz file ({e})') from None
+    images, labels = torch.from_numpy(arrays['images']), arrays['labels']
     if images.dtype != torch.uint8 or images.dim() not in (3, 4):
         raise ValueError(f'{path}: images must be uint8 (N, H, W[, C]) or (N, C, H, W), '
                          f'got {images.dtype} {tuple(images.shape)}')
