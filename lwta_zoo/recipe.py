@@ -1,18 +1,20 @@
 """Training recipes: a YAML file checked against a typed schema before any work starts.
 
 A recipe has the sections below; every key has a default except ``model.name`` and
-``data.name``. Unknown keys, wrong types and unknown choices are errors that name the key.
+``data.name``. Unknown keys, duplicate keys, wrong types, unknown choices and numbers outside
+their range (``RANGES``) are errors that name the key.
 Floats may be written as fractions (``eps: 8/255``). ``key=value`` overrides use dotted
 paths (``train.epochs=2``, ``model.args.lwta_args.U=4``); values are parsed as YAML.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence, Union
 
 import timm
 import yaml
@@ -114,8 +116,9 @@ class TrainSection:
     seed: int = 0
     kl_weight: float = 1.0  # loss = CE + kl_weight * KL / N_train (1: DESIGN.md's ELBO; see README, The objective)
     checkpoint_every: int = 0  # optimizer steps between checkpoints, besides every epoch end (0: epochs only)
+    checkpoint_minutes: float = 5.0  # and a checkpoint after this much training time since the last (0: never)
     log_every: int = 50  # optimizer steps between metrics lines
-    device: str = 'auto'  # auto | cpu | cuda
+    device: Literal['auto', 'cpu', 'cuda'] = 'auto'
     threads: Optional[int] = None  # torch.set_num_threads
     bf16: bool = False  # bf16 autocast for forward passes
     channels_last: bool = False
@@ -142,6 +145,20 @@ class RecipeError(ValueError):
 
 
 REQUIRED = ('model.name', 'data.name')
+
+# The allowed interval of every numeric key (each element of a list key); a test checks that none is missing.
+RANGES = {
+    'data.train_limit': '[1, inf)', 'data.test_limit': '[1, inf)', 'data.workers': '[0, inf)',
+    'optim.lr': '(0, inf)', 'optim.momentum': '[0, 1)', 'optim.weight_decay': '[0, inf)',
+    'schedule.gamma': '(0, inf)', 'schedule.start': '[0, inf)', 'schedule.milestones': '[0, inf)',
+    'adversary.eps': '[0, 1]', 'adversary.step_size': '(0, 1]', 'adversary.steps': '[1, inf)',
+    'adversary.eot_samples': '[1, inf)', 'adversary.trades_beta': '[0, inf)',
+    'eval.every': '[0, inf)', 'eval.samples': '[1, inf)', 'eval.limit': '[0, inf)', 'eval.eps': '[0, 1]',
+    'eval.step_size': '(0, 1]', 'eval.steps': '[1, inf)', 'eval.batch_size': '[1, inf)',
+    'train.epochs': '[1, inf)', 'train.batch_size': '[1, inf)', 'train.seed': '[0, inf)',
+    'train.kl_weight': '[0, inf)', 'train.checkpoint_every': '[0, inf)', 'train.checkpoint_minutes': '[0, inf)',
+    'train.log_every': '[1, inf)', 'train.threads': '[1, inf)',
+}
 
 
 def _type_name(tp: Any) -> str:
@@ -206,8 +223,37 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def numeric_keys(cls: type = Recipe, prefix: str = '') -> Iterator[str]:
+    """The dotted names of the schema's int and float keys (also optional ones and lists of numbers)."""
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            yield from numeric_keys(tp, f'{prefix}{name}.')
+        elif _holds_numbers(tp):
+            yield prefix + name
+
+
+def _holds_numbers(tp: Any) -> bool:
+    return tp in (int, float) or (typing.get_origin(tp) is not Literal and any(map(_holds_numbers, typing.get_args(tp))))
+
+
+def _in_range(value: float, interval: str) -> bool:
+    """Whether ``value`` lies in an interval written '[lo, hi)' (brackets closed, parentheses open)."""
+    low, high = (float(v) for v in interval[1:-1].split(','))
+    return (math.isfinite(value) and (low <= value if interval[0] == '[' else low < value)
+            and (value <= high if interval[-1] == ']' else value < high))
+
+
+def _check_ranges(r: Recipe) -> None:
+    for key, interval in RANGES.items():
+        section, name = key.split('.')
+        value = getattr(getattr(r, section), name)
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and not _in_range(v, interval):
+                raise RecipeError(f'recipe key {key!r} must be in {interval}, got {v}')
+
+
 def _check_values(r: Recipe) -> None:
-    """Checks beyond types: required keys, known dataset and model, positive sizes."""
+    """Checks beyond types: required keys, known dataset and model, numbers in range."""
     for key in REQUIRED:
         section, name = key.split('.')
         if not getattr(getattr(r, section), name):
@@ -217,12 +263,7 @@ def _check_values(r: Recipe) -> None:
     if not timm.is_model(r.model.name):
         raise RecipeError(f'recipe key model.name: {r.model.name!r} is not in timm\'s registry '
                           '(see timm.list_models() after import lwta_zoo)')
-    positive = {'train.epochs': r.train.epochs, 'train.batch_size': r.train.batch_size,
-                'adversary.steps': r.adversary.steps, 'adversary.eot_samples': r.adversary.eot_samples,
-                'eval.samples': r.eval.samples, 'eval.steps': r.eval.steps, 'eval.batch_size': r.eval.batch_size}
-    for key, v in positive.items():
-        if v < 1:
-            raise RecipeError(f'recipe key {key!r} must be >= 1, got {v}')
+    _check_ranges(r)
     if r.adversary.method != 'none' and not r.adversary.eps > 0:
         raise RecipeError(f'recipe key adversary.eps must be > 0 for {r.adversary.method}, got {r.adversary.eps}')
 
@@ -252,6 +293,8 @@ def parse_overrides(overrides: Sequence[str]) -> List[tuple]:
 
 def recipe_from_dict(tree: Dict[str, Any], overrides: Sequence[str] = ()) -> Recipe:
     """A validated :class:`Recipe` from a nested mapping plus ``key=value`` overrides."""
+    if not isinstance(tree or {}, dict):
+        raise RecipeError(f'a recipe is a mapping of sections, got {tree!r}'[:200])
     tree = yaml.safe_load(yaml.safe_dump(tree or {}))  # a deep copy
     for key, value in parse_overrides(overrides):
         set_dotted(tree, key, value)
@@ -260,15 +303,32 @@ def recipe_from_dict(tree: Dict[str, Any], overrides: Sequence[str] = ()) -> Rec
     return recipe
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise RecipeError(f'duplicate key {key!r} (line {key_node.start_mark.line + 1})')
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_recipe(path: Union[str, Path], overrides: Sequence[str] = ()) -> Recipe:
     """Read a YAML recipe, apply overrides, and validate it (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f'recipe file {path} does not exist')
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = yaml.load(path.read_text(encoding='utf-8'), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError:
+        raise RecipeError(f'{path}: not a UTF-8 text file (a recipe is YAML)') from None
     except yaml.YAMLError as e:
-        raise RecipeError(f'{path}: not valid YAML: {e}') from None
+        raise RecipeError(f'{path}: not valid YAML: {" ".join(str(e).split())}') from None
+    except RecipeError as e:
+        raise RecipeError(f'{path}: {e}') from None
     try:
         return recipe_from_dict(tree, overrides)
     except RecipeError as e:

@@ -202,3 +202,207 @@ def test_an_empty_batch_passes_through_the_fused_lwta(tmp_path: Path) -> None:
     assert out.shape == (0, 10) and x.grad.shape == x.shape
     with torch.no_grad():
         assert model.eval()(x).shape == (0, 10)
+
+
+# --- training: run folders, identity, locks, validation, finite weights, timed checkpoints -------
+
+from test_train import N_TRAIN, synthetic, tiny_recipe  # noqa: E402  (the trainer tests' tiny data and recipe)
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import yaml  # noqa: E402
+
+from lwta_zoo import runs  # noqa: E402
+from lwta_zoo.checkpoint import load_state  # noqa: E402
+from lwta_zoo.recipe import RecipeError, load_recipe, recipe_from_dict  # noqa: E402
+from lwta_zoo.train import Trainer, train  # noqa: E402
+
+
+@pytest.fixture()
+def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / 'data'
+    root.mkdir()
+    np.savez(root / 'train.npz', **synthetic(N_TRAIN, 0))
+    np.savez(root / 'test.npz', **synthetic(32, 1))
+    monkeypatch.setenv('LWTA_ZOO_DATA', str(tmp_path / 'cache'))
+    return root
+
+
+def recipe_file(tmp_path: Path, data_root: Path, name: str = 'recipe.yaml', **sections) -> Path:
+    tree = tiny_recipe(data_root, **{'train': {'epochs': 1, 'checkpoint_minutes': 0}, **sections})
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.fixture()
+def finished(tmp_path: Path, data_root: Path) -> Path:
+    """A finished one-epoch run in tmp_path/run."""
+    assert main(['train', str(recipe_file(tmp_path, data_root)), '--output', str(tmp_path / 'run')]) == 0
+    assert not (tmp_path / 'run' / runs.LOCK).exists()  # released at the end
+    return tmp_path / 'run'
+
+
+def test_training_into_another_runs_folder_is_refused(finished: Path, tmp_path: Path, data_root: Path,
+                                                      capsys) -> None:
+    same = recipe_file(tmp_path, data_root)
+    line = fails(['train', str(same), '--output', str(finished)], capsys, tmp_path)
+    assert 'holds a training run' in line and '--resume' in line and '--overwrite' in line
+    other = recipe_file(tmp_path, data_root, 'other.yaml', optim={'lr': 0.01})
+    fails(['train', str(other), '--output', str(finished)], capsys, tmp_path)  # a run that would crash at once too
+    fails(['train', str(other), 'train.log_every=0', '--output', str(finished)], capsys, tmp_path)
+    # --overwrite replaces it: the other recipe, a fresh log
+    assert main(['train', str(other), '--output', str(finished), '--overwrite']) == 0
+    assert yaml.safe_load((finished / 'recipe.yaml').read_text())['optim']['lr'] == 0.01
+    steps = [json.loads(ln)['step'] for ln in (finished / 'metrics.jsonl').read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(1) == 1
+
+
+def test_resume_refuses_another_recipe_other_data_or_another_version(finished: Path, tmp_path: Path,
+                                                                    data_root: Path, capsys, monkeypatch) -> None:
+    recipe = recipe_file(tmp_path, data_root)
+    line = fails(['train', str(recipe), 'optim.lr=0.01', '--output', str(finished), '--resume'], capsys, tmp_path)
+    assert "optim.lr" in line
+    np.savez(data_root / 'train.npz', **synthetic(N_TRAIN, 5))  # the same file name, other images
+    line = fails(['train', str(recipe), '--output', str(finished), '--resume'], capsys, tmp_path)
+    assert 'belongs to another run: data.sha256 is' in line
+    np.savez(data_root / 'train.npz', **synthetic(N_TRAIN, 0))
+    monkeypatch.setattr('lwta_zoo.__version__', '9.9')
+    line = fails(['train', str(recipe), '--output', str(finished), '--resume'], capsys, tmp_path)
+    assert "lwta_zoo is '9.9' now, " in line
+
+
+def test_resume_and_overwrite_need_what_they_act_on(tmp_path: Path, data_root: Path, capsys) -> None:
+    recipe = recipe_file(tmp_path, data_root)
+    assert 'no checkpoint at' in fails(['train', str(recipe), '--output', str(tmp_path / 'new'), '--resume'],
+                                       capsys, tmp_path)
+    assert not (tmp_path / 'new').exists()
+    assert 'choose one' in fails(['train', str(recipe), '--output', str(tmp_path / 'new'), '--resume',
+                                  '--overwrite'], capsys, tmp_path)
+
+
+def test_a_live_lock_stops_a_second_process_and_a_dead_ones_is_taken_over(tmp_path: Path, data_root: Path,
+                                                                         capsys) -> None:
+    recipe = recipe_file(tmp_path, data_root)
+    out = tmp_path / 'run'
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        (out / runs.LOCK).write_text(json.dumps({'pid': holder.pid, 'host': runs.socket.gethostname()}))
+        line = fails(['train', str(recipe), '--output', str(out)], capsys, tmp_path)
+        assert f'in use by process {holder.pid}' in line
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(['train', str(recipe), '--output', str(out)]) == 0  # the holder is gone: its lock is stale
+    assert f'taking over the stale lock {out / runs.LOCK}' in capsys.readouterr().err
+    assert (out / 'export' / 'model.safetensors').is_file() and not (out / runs.LOCK).exists()
+
+
+BAD_OVERRIDES = {
+    'data.train_limit=-5': 'data.train_limit', 'data.test_limit=0': 'data.test_limit',
+    'train.device=gpu': 'train.device', 'adversary.eps=5.0': 'adversary.eps', 'train.kl_weight=-1': 'kl_weight',
+    'train.checkpoint_every=-1': 'checkpoint_every', 'train.log_every=0': 'log_every',
+    'optim.lr=.inf': 'optim.lr', 'optim.lr=0': 'optim.lr', 'optim.momentum=1.5': 'optim.momentum',
+    'adversary.step_size=-0.1': 'adversary.step_size', 'eval.eps=2': 'eval.eps', 'train.checkpoint_minutes=-1':
+        'checkpoint_minutes', 'eval.every=-1': 'eval.every', 'train.seed=-1': 'train.seed',
+}
+
+
+@pytest.mark.parametrize('override', sorted(BAD_OVERRIDES))
+def test_recipe_values_out_of_range(override: str, tmp_path: Path, data_root: Path, capsys) -> None:
+    line = fails(['train', str(recipe_file(tmp_path, data_root)), override, '--output', str(tmp_path / 'run')],
+                 capsys, tmp_path)
+    assert BAD_OVERRIDES[override] in line
+    assert not (tmp_path / 'run').exists()
+
+
+def test_every_numeric_recipe_key_has_a_range() -> None:
+    from lwta_zoo.recipe import RANGES, numeric_keys
+    assert sorted(numeric_keys()) == sorted(RANGES)
+
+
+def test_recipe_files_that_are_not_yaml_mappings(tmp_path: Path, data_root: Path, capsys) -> None:
+    good = recipe_file(tmp_path, data_root).read_text()
+    duplicate = tmp_path / 'dup.yaml'
+    duplicate.write_text(good + '\ntrain:\n  epochs: 3\n')
+    assert "duplicate key 'train'" in fails(['train', str(duplicate), '--output', str(tmp_path / 'o')],
+                                            capsys, tmp_path)
+    nested = tmp_path / 'nested.yaml'
+    nested.write_text('model: {name: smallcnn_mnist, name: smallcnn_mnist_lwta}\n')
+    assert "duplicate key 'name'" in fails(['train', str(nested), '--output', str(tmp_path / 'o')], capsys, tmp_path)
+    binary = tmp_path / 'binary.yaml'
+    binary.write_bytes(bytes(range(256)))
+    assert 'not a UTF-8 text file' in fails(['train', str(binary), '--output', str(tmp_path / 'o')], capsys, tmp_path)
+    broken = tmp_path / 'broken.yaml'
+    broken.write_text('model: [name: x\n  - {')
+    assert 'not valid YAML' in fails(['train', str(broken), '--output', str(tmp_path / 'o')], capsys, tmp_path)
+    scalar = tmp_path / 'scalar.yaml'
+    scalar.write_text('just a string\n')
+    assert 'a recipe is a mapping' in fails(['train', str(scalar), '--output', str(tmp_path / 'o')], capsys, tmp_path)
+    assert not (tmp_path / 'o').exists()
+
+
+def test_data_the_model_cannot_take_is_refused_before_training(tmp_path: Path, data_root: Path, capsys) -> None:
+    recipe = recipe_file(tmp_path, data_root)
+    labels = synthetic(N_TRAIN, 0)
+    np.savez(data_root / 'train.npz', images=labels['images'], labels=labels['labels'] + 3)  # up to 12
+    assert 'labels outside [0, 10)' in fails(['train', str(recipe), '--output', str(tmp_path / 'run')],
+                                             capsys, tmp_path)
+    np.savez(data_root / 'train.npz', images=labels['images'], labels=labels['labels'].astype(float))
+    assert 'labels must be a 1-d array of integers' in fails(['train', str(recipe), '--output',
+                                                              str(tmp_path / 'run')], capsys, tmp_path)
+    np.savez(data_root / 'train.npz', **labels)
+    line = fails(['train', str(recipe), 'data.name=cifar10', '--output', str(tmp_path / 'run')], capsys, tmp_path)
+    assert 'cifar10' in line  # 28x28 grayscale files are not CIFAR-10 images
+    assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='asks for CUDA where there is none')
+def test_cuda_without_cuda(tmp_path: Path, data_root: Path, capsys) -> None:
+    line = fails(['train', str(recipe_file(tmp_path, data_root)), 'train.device=cuda', '--output',
+                  str(tmp_path / 'run')], capsys, tmp_path)
+    assert 'CUDA is not available' in line
+
+
+def test_diverging_training_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, data_root: Path,
+                                                                    capsys) -> None:
+    recipe = recipe_file(tmp_path, data_root, train={'epochs': 1, 'checkpoint_every': 1, 'checkpoint_minutes': 0},
+                         optim={'lr': 1e30})
+    out = tmp_path / 'run'
+    assert main(['train', str(recipe), '--output', str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'weights are no longer finite' in err[0], err
+    assert not (out / 'export').exists() and not (out / runs.LOCK).exists()
+    if (out / 'checkpoint.safetensors').exists():  # a checkpoint of a step before the divergence, if any
+        state = load_state(out / 'checkpoint.safetensors')
+        assert all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
+        assert f'step {state["step"] + 1}' in err[0]
+
+
+def test_time_based_checkpoints_resume_bit_identically(tmp_path: Path, data_root: Path, monkeypatch) -> None:
+    """Every recipe checkpoints every train.checkpoint_minutes (a tiny interval here: every step); a run
+    resumed from a mid-epoch one of them ends with the same weights as a run that was never stopped."""
+    tree = tiny_recipe(data_root, train={'epochs': 1, 'checkpoint_minutes': 1e-9},
+                       adversary={'method': 'pgd', 'eps': 0.1, 'step_size': 0.05, 'steps': 1})
+    recipe = recipe_from_dict(tree)
+    assert recipe_from_dict(tiny_recipe(data_root)).train.checkpoint_minutes == 5  # the default
+    saved = []
+    original = Trainer.save_checkpoint
+
+    def keep_copy(self: Trainer) -> None:
+        original(self)
+        if self.step == 3:
+            saved.append((self.output / 'checkpoint.safetensors').read_bytes())
+    monkeypatch.setattr(Trainer, 'save_checkpoint', keep_copy)
+    train(recipe, tmp_path / 'straight')
+    assert saved, 'no checkpoint at step 3'
+    resumed = tmp_path / 'resumed'
+    resumed.mkdir()
+    (resumed / 'checkpoint.safetensors').write_bytes(saved[0])
+    assert load_state(resumed / 'checkpoint.safetensors')['step_in_epoch'] == 3
+    train(recipe, resumed, resume=True)
+    a = load_state(tmp_path / 'straight' / 'checkpoint.safetensors')['model']
+    b = load_state(resumed / 'checkpoint.safetensors')['model']
+    assert all(torch.equal(a[k], b[k]) for k in a)
