@@ -13,7 +13,10 @@ DistributedDataParallel; rank 0 logs, checkpoints and exports.
 
 Outputs in the run folder: ``recipe.yaml``, ``checkpoint.safetensors``, ``metrics.jsonl``,
 ``final_metrics.json``, ``export/`` (model.safetensors + config.json + README.md), and
-``tensorboard/`` if asked for.
+``tensorboard/`` if asked for. A folder holds one run (``lwta_zoo.runs``): another run is refused
+unless resumed (same recipe, data and library version) or ``--overwrite``, and a lock file keeps
+a second process out. Checkpoints come every ``train.checkpoint_minutes`` of training too, and
+training stops, keeping the last checkpoint, as soon as the weights stop being finite.
 """
 from __future__ import annotations
 
@@ -39,10 +42,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .attacks.pgd import pgd
-from .data import DatasetNotFound, dataset_info, load_dataset
-from .checkpoint import load_state, save_state
+from .data import dataset_info, load_dataset
+from .checkpoint import flatten, load_state, save_state
 from .layers.stochastic import kl_divergence
 from .recipe import Recipe, RecipeError, load_recipe
+from .runs import RunFolderError, check_identity, claim, run_identity
 from .sampling import set_samples
 
 CHECKPOINT = 'checkpoint.safetensors'
@@ -76,7 +80,7 @@ class Distributed:
         local_rank = int(os.environ.get('LOCAL_RANK', '0'))
         use_cuda = torch.cuda.is_available() if device == 'auto' else device == 'cuda'
         if device == 'cuda' and not torch.cuda.is_available():
-            raise RuntimeError('recipe asks for train.device=cuda but CUDA is not available')
+            raise RecipeError('recipe asks for train.device=cuda but CUDA is not available here')
         self.device = torch.device(f'cuda:{local_rank}' if use_cuda else 'cpu')
         if use_cuda:
             torch.cuda.set_device(self.device)
@@ -98,17 +102,27 @@ class Distributed:
         dist.all_gather_object(out, obj)
         return out
 
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (decisions from the clock must be the same everywhere)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device)
+        dist.broadcast(t, 0)
+        return bool(t.item())
+
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
-    out: Dict[str, Any] = {}
-    for k, v in tree.items():
-        out.update(_flatten(v, f'{prefix}{k}.') if isinstance(v, dict) else {prefix + k: v})
-    return out
+class TrainingDiverged(ValueError):
+    """The weights stopped being finite; the message names the step, the loss and the checkpoint kept."""
+
+
+def _finite(model: nn.Module) -> bool:
+    """Whether every parameter and buffer is finite (one reduction, one sync)."""
+    sums = [t.detach().float().sum() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.isfinite(torch.stack(sums)).all()) if sums else True
 
 
 def _rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
@@ -147,7 +161,8 @@ def lr_factor(epoch: int, r: Recipe) -> float:
 class Trainer:
     """One training run of a recipe into an output folder; see the module docstring."""
 
-    def __init__(self, recipe: Recipe, output: os.PathLike, *, resume: bool = False, max_steps: Optional[int] = None):
+    def __init__(self, recipe: Recipe, output: os.PathLike, *, resume: bool = False, max_steps: Optional[int] = None,
+                 overwrite: bool = False):
         self.r, self.output, self.max_steps = recipe, Path(output), max_steps
         t = recipe.train
         if t.threads:
@@ -161,6 +176,7 @@ class Trainer:
                                       download=d.download)
         self.test_set = load_dataset(d.name, 'test', d.root, limit=d.test_limit, seed=t.seed, download=d.download)
         self.n_train = len(self.train_set)
+        self.identity = run_identity(recipe.to_dict(), d.name, self.train_set, self.test_set)
         self.steps_per_epoch = len(self._epoch_indices(0)) // t.batch_size
         if self.steps_per_epoch < 1:
             raise RecipeError(f'train.batch_size={t.batch_size} x {self.dist.world} processes exceeds the '
@@ -168,6 +184,12 @@ class Trainer:
 
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         self.model = timm.create_model(recipe.model.name, num_classes=self.info.num_classes, **recipe.model.args)
+        in_chans, size = getattr(self.model, 'in_chans', None), self.model.pretrained_cfg.get('input_size')
+        if (in_chans is not None and in_chans != self.info.shape[0]) or (
+                self.model.pretrained_cfg.get('fixed_input_size') and tuple(size) != self.info.shape):
+            raise RecipeError(f'model {recipe.model.name} takes {in_chans}-channel inputs'
+                              + (f' of size {tuple(size)}' if self.model.pretrained_cfg.get('fixed_input_size') else '')
+                              + f'; {d.name} images are {self.info.shape} (model.args in_chans / img_size?)')
         self.model.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == 'cuda'
                                             else None) if self.dist.world > 1 else self.model)
@@ -175,13 +197,25 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, recipe))
         torch.manual_seed(t.seed + 1_000 * (self.dist.rank + 1))  # distinct noise per rank
         self.epoch, self.step_in_epoch, self.step = 0, 0, 0
-        self.output.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self._load_checkpoint()
-        elif self.dist.main:
-            (self.output / 'recipe.yaml').write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-            (self.output / 'metrics.jsonl').write_text('')
+        # Nothing is written before the folder is claimed (rank 0) and a resumed checkpoint is checked.
+        self.lock = claim(self.output, CHECKPOINT, resume=resume, overwrite=overwrite) if self.dist.main else None
+        try:
+            if resume:
+                self._load_checkpoint()
+            elif self.dist.main:
+                (self.output / 'recipe.yaml').write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+                (self.output / 'metrics.jsonl').write_text('')
+        except BaseException:
+            self.close()
+            raise
+        self.saved_at, self.saved_step = time.monotonic(), self.step
         self.writer = self._tensorboard() if t.tensorboard and self.dist.main else None
+
+    def close(self) -> None:
+        """Release the run folder and the process group."""
+        if self.lock is not None:
+            self.lock.release()
+        self.dist.close()
 
     # ------------------------------------------------------------------ helpers
     def _tensorboard(self):
@@ -226,24 +260,24 @@ class Trainer:
                 'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
                 'scheduler': self.scheduler.state_dict(), 'rng': rng, 'epoch': self.epoch,
                 'step_in_epoch': self.step_in_epoch, 'step': self.step, 'world_size': self.dist.world,
-                'recipe': self.r.to_dict(),
+                'recipe': self.r.to_dict(), 'identity': self.identity,
             }
             save_state(state, self.output / CHECKPOINT)
         self.dist.barrier()
+        self.saved_at, self.saved_step = time.monotonic(), self.step
 
     def _load_checkpoint(self) -> None:
         path = self.output / CHECKPOINT
-        if not path.is_file():
-            raise FileNotFoundError(f'--resume: no checkpoint at {path}')
         state = load_state(path)
-        saved, now = _flatten(state['recipe']), _flatten(self.r.to_dict())
+        saved, now = flatten(state['recipe']), flatten(self.r.to_dict())
         diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
         if diff:
             raise RecipeError(f'--resume: the recipe differs from the one in {path} at {diff}; '
                               f'resume with {self.output / "recipe.yaml"}')
+        check_identity(state.get('identity'), self.identity, path)
         if state['world_size'] != self.dist.world:
-            raise RuntimeError(f'--resume: checkpoint written by {state["world_size"]} processes, '
-                               f'now {self.dist.world}; exact resumption needs the same number')
+            raise RunFolderError(f'--resume: checkpoint written by {state["world_size"]} processes, '
+                                 f'now {self.dist.world}; exact resumption needs the same number')
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
@@ -326,6 +360,11 @@ class Trainer:
                 loss.backward()
                 self.optimizer.step()
                 self.step += 1
+                if not _finite(self.model):
+                    raise TrainingDiverged(
+                        f'step {self.step}: the weights are no longer finite (loss {loss.item():.4g}); stopped. '
+                        + (f'The checkpoint of step {self.saved_step} is kept. ' if (self.output / CHECKPOINT).is_file()
+                           else '') + f'A smaller optim.lr (now {self.r.optim.lr:g}) may help')
                 self.step_in_epoch += 1
                 seen, batches = seen + len(y), batches + 1
                 correct += (logits.argmax(1) == y).sum().item()
@@ -338,8 +377,9 @@ class Trainer:
                 if self.max_steps is not None and self.step >= self.max_steps:
                     stopped = True
                     break
-                if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step_in_epoch < \
-                        self.steps_per_epoch:
+                due = bool(t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.dist.agree(
+                    bool(t.checkpoint_minutes) and time.monotonic() - self.saved_at >= 60 * t.checkpoint_minutes)
+                if due and self.step_in_epoch < self.steps_per_epoch:
                     self.save_checkpoint()
             bar.close()
             if stopped and self.step_in_epoch < self.steps_per_epoch:
@@ -416,14 +456,14 @@ class Trainer:
         print(f'exported to {self.output / "export"}: {json.dumps(metrics)}')
 
 
-def train(recipe: Recipe, output: os.PathLike, *, resume: bool = False, max_steps: Optional[int] = None
-          ) -> Dict[str, Any]:
+def train(recipe: Recipe, output: os.PathLike, *, resume: bool = False, max_steps: Optional[int] = None,
+          overwrite: bool = False) -> Dict[str, Any]:
     """Run ``recipe`` into ``output`` (see :class:`Trainer`); returns the final metrics."""
-    trainer = Trainer(recipe, output, resume=resume, max_steps=max_steps)
+    trainer = Trainer(recipe, output, resume=resume, max_steps=max_steps, overwrite=overwrite)
     try:
         return trainer.fit()
     finally:
-        trainer.dist.close()
+        trainer.close()
 
 
 # ---------------------------------------------------------------------- CLI
@@ -432,13 +472,9 @@ def _run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data_dir is not None:
         overrides.append(f'data.root={args.data_dir}')
-    try:
-        recipe = load_recipe(args.recipe, overrides)
-        output = args.output or Path('runs') / Path(args.recipe).stem
-        train(recipe, output, resume=args.resume, max_steps=args.max_steps)
-    except (RecipeError, DatasetNotFound) as e:  # the user's to fix: the message, not a traceback
-        print(f'lwta-zoo train: error: {e}', file=sys.stderr)
-        return 2
+    recipe = load_recipe(args.recipe, overrides)
+    output = args.output or Path('runs') / Path(args.recipe).stem
+    train(recipe, output, resume=args.resume, max_steps=args.max_steps, overwrite=args.overwrite)
     return 0
 
 
@@ -451,16 +487,17 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--output', type=Path, default=None, help='run folder (default: runs/<recipe name>)')
     parser.add_argument('--max-steps', type=int, default=None, help='stop after N optimizer steps in total')
     parser.add_argument('--resume', action='store_true', help='continue from <output>/checkpoint.safetensors')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace the run in <output> (its recipe, log, checkpoint and export) with this one')
     parser.add_argument('--data-dir', default=None, help='folder of local dataset files (sets data.root)')
     parser.set_defaults(func=_run)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m lwta_zoo.train ...`` (e.g. under ``torchrun -m``): the same as ``lwta-zoo train ...``."""
-    parser = argparse.ArgumentParser(prog='lwta_zoo.train')
-    configure_train(parser)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from .cli import main as cli_main
+
+    return cli_main(['train', *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == '__main__':
