@@ -2,8 +2,10 @@
 
 Objective (the papers' ELBO, per example): cross-entropy of the (adversarial) batch plus
 ``kl_weight * KL / N_train``, KL summed over every stochastic layer (``kl_divergence``).
-Adversarial training: PGD (Madry; with one step and a random start, FGSM-RS), FGSM (one step of size eps, no random start) or TRADES,
-each following the gradient the recipe names (the model's own or an adaptive one).
+Adversarial training: PGD (Madry; one step from a random start is FGSM-RS), FGSM (one step of
+size eps, no random start) or TRADES, each following the gradient the recipe names (the
+model's own or an adaptive one); the ``guard`` section stops fast runs that overfit
+catastrophically.
 
 Reproducibility: data order is a function of (seed, epoch) and augmentation of (seed,
 epoch, index); checkpoints (written atomically) hold model, optimizer, scheduler, every
