@@ -249,8 +249,10 @@ class Trainer:
         if not path.is_file():
             raise FileNotFoundError(f'--resume: no checkpoint at {path}')
         state = load_state(path)
-        saved, now = _flatten(state['recipe']), _flatten(self.r.to_dict())
-        # threads are the machine's, not the run's: a run may resume with more or fewer
+        # A key the checkpoint lacks was added to the schema after it was written: its default is
+        # what that run did. Threads are the machine's, not the run's: a run may resume with more or fewer.
+        saved = {**_flatten(Recipe().to_dict()), **_flatten(state['recipe'])}
+        now = _flatten(self.r.to_dict())
         diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k) and k not in RESOURCE_KEYS)
         if diff:
             raise RecipeError(f'--resume: the recipe differs from the one in {path} at {diff}; '

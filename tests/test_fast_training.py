@@ -98,3 +98,17 @@ def test_resume_may_change_threads_but_not_the_run(data_root: Path, tmp_path: Pa
     with pytest.raises(RecipeError, match='adversary.step_size'):
         Trainer(recipe_from_dict(tiny_recipe(data_root, adversary={**FGSM_RS, 'step_size': 0.1})), tmp_path / 'run',
                 resume=True)
+
+
+def test_resume_accepts_a_checkpoint_written_before_a_recipe_key_existed(data_root: Path, tmp_path: Path) -> None:
+    """A new schema key takes its default, which is what an older run did, so the run resumes."""
+    from lwta_zoo.checkpoint import save_state
+    recipe = recipe_from_dict(tiny_recipe(data_root))
+    Trainer(recipe, tmp_path / 'run', max_steps=3).fit()
+    state = load_state(tmp_path / 'run' / 'checkpoint.safetensors')
+    del state['recipe']['guard']  # as written before the guard section existed
+    save_state(state, tmp_path / 'run' / 'checkpoint.safetensors')
+    assert Trainer(recipe, tmp_path / 'run', resume=True).step == 3
+    guarded = recipe_from_dict(tiny_recipe(data_root, adversary=FGSM_RS, guard={'enabled': True}))
+    with pytest.raises(RecipeError, match='guard.enabled'):
+        Trainer(guarded, tmp_path / 'run', resume=True)
