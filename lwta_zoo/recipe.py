@@ -55,18 +55,24 @@ class ScheduleSection:
 
     ``constant``; ``decay_after``: multiply by ``gamma`` every epoch after epoch ``start``
     (the WRN paper: gamma 0.5 after 75); ``multistep``: multiply by ``gamma`` at each of
-    ``milestones``; ``cosine``: cosine annealing to 0 over the run.
+    ``milestones``; ``cosine``: cosine annealing to 0 over the run, one value an epoch.
+    ``cyclic``: updated every optimizer step, linear from 0 to the base rate at epoch
+    ``peak`` (fractional epochs allowed), then linear to 0 at the end of the run: the
+    one-cycle schedule of fast adversarial training (Wong, Rice, Kolter 2020).
     """
 
-    name: Literal['constant', 'decay_after', 'multistep', 'cosine'] = 'constant'
+    name: Literal['constant', 'decay_after', 'multistep', 'cosine', 'cyclic'] = 'constant'
     gamma: float = 0.1
     start: int = 0
     milestones: List[int] = field(default_factory=list)
+    peak: float = 0.0  # cyclic only: the epoch where the rate peaks
 
 
 @dataclass
 class AdversarySection:
     """Adversarial training. ``fgsm`` is one PGD step of size eps without random start;
+    FGSM with a random start (Wong, Rice, Kolter 2020) is ``pgd`` with ``steps: 1``,
+    ``random_start: true`` and ``step_size`` 1.25 eps, and few-step PGD is ``pgd`` with few steps;
     ``trades`` (Zhang et al. 2019) maximises KL(p_clean || p_adv) from a uniform random start
     in the ball (TRADES' code starts from 0.001 * N(0, 1)) and trains on
     CE(clean) + trades_beta * KL(p_clean || p_adv).
@@ -110,6 +116,22 @@ class EvalSection:
 
 
 @dataclass
+class GuardSection:
+    """Guard against catastrophic overfitting of fast adversarial training (Wong et al. 2020).
+
+    After every epoch, PGD with ``steps`` steps of eps/4 (the adversary's eps, random start,
+    the model's own gradient, eval mode) attacks ``examples`` fixed training images (no
+    augmentation). If its accuracy falls more than ``drop`` below the best epoch's, the run
+    logs it, restores the best epoch's weights and stops there (then evaluates and exports).
+    """
+
+    enabled: bool = False
+    examples: int = 512
+    steps: int = 10
+    drop: float = 0.2
+
+
+@dataclass
 class TrainSection:
     epochs: int = 1
     batch_size: int = 128  # per process (the global batch is this times the world size)
@@ -134,6 +156,7 @@ class Recipe:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     adversary: AdversarySection = field(default_factory=AdversarySection)
     eval: EvalSection = field(default_factory=EvalSection)
+    guard: GuardSection = field(default_factory=GuardSection)
     description: str = ''  # what this recipe reproduces and where each setting comes from
 
     def to_dict(self) -> Dict[str, Any]:
@@ -157,7 +180,8 @@ RANGES = {
     'eval.step_size': '(0, 1]', 'eval.steps': '[1, inf)', 'eval.batch_size': '[1, inf)',
     'train.epochs': '[1, inf)', 'train.batch_size': '[1, inf)', 'train.seed': '[0, inf)',
     'train.kl_weight': '[0, inf)', 'train.checkpoint_every': '[0, inf)', 'train.checkpoint_minutes': '[0, inf)',
-    'train.log_every': '[1, inf)', 'train.threads': '[1, inf)',
+    'train.log_every': '[1, inf)', 'train.threads': '[1, inf)', 'schedule.peak': '[0, inf)',
+    'guard.examples': '[1, inf)', 'guard.steps': '[1, inf)', 'guard.drop': '(0, 1]',
 }
 
 
@@ -264,6 +288,12 @@ def _check_values(r: Recipe) -> None:
         raise RecipeError(f'recipe key model.name: {r.model.name!r} is not in timm\'s registry '
                           '(see timm.list_models() after import lwta_zoo)')
     _check_ranges(r)
+    if r.schedule.name == 'cyclic' and not 0 < r.schedule.peak < r.train.epochs:
+        raise RecipeError(f'recipe key schedule.peak must be in (0, train.epochs={r.train.epochs}), '
+                          f'got {r.schedule.peak}')
+    if r.guard.enabled and (r.adversary.method == 'none' or not 0 < r.guard.drop <= 1):
+        raise RecipeError('recipe section guard: needs an adversary (adversary.method) and 0 < guard.drop <= 1, '
+                          f'got method {r.adversary.method!r}, drop {r.guard.drop}')
     if r.adversary.method != 'none' and not r.adversary.eps > 0:
         raise RecipeError(f'recipe key adversary.eps must be > 0 for {r.adversary.method}, got {r.adversary.eps}')
 

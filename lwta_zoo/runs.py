@@ -36,14 +36,13 @@ def data_fingerprint(*datasets: Any) -> str:
     return h.hexdigest()
 
 
-def run_identity(recipe: Dict[str, Any], data_name: str, train_set: Any, test_set: Any) -> Dict[str, Any]:
-    """What makes a run that run, beside its recipe: the library version and the data it sees."""
+def run_identity(data_name: str, train_set: Any, test_set: Any) -> Dict[str, Any]:
+    """What makes a run that run beside its recipe (which checkpoints keep whole and compare key by key):
+    the library version and the data it sees (name, sizes, a hash of the images and labels)."""
     from . import __version__
 
-    text = json.dumps(recipe, sort_keys=True)
-    return {'recipe_sha256': hashlib.sha256(text.encode()).hexdigest(), 'lwta_zoo': __version__,
-            'data': {'name': data_name, 'train_n': len(train_set), 'test_n': len(test_set),
-                     'sha256': data_fingerprint(train_set, test_set)}}
+    return {'lwta_zoo': __version__, 'data': {'name': data_name, 'train_n': len(train_set), 'test_n': len(test_set),
+                                              'sha256': data_fingerprint(train_set, test_set)}}
 
 
 def _alive(pid: int) -> bool:
@@ -76,10 +75,15 @@ class RunLock:
             return None
         return {'pid': pid, 'host': host}
 
+    def ours(self, holder: Optional[Dict[str, Any]]) -> bool:
+        """Whether ``holder`` is this process (a second Trainer of one process on one folder is the caller's
+        business: the lock keeps other processes out)."""
+        return holder is not None and holder == {'pid': os.getpid(), 'host': socket.gethostname()}
+
     def check(self) -> None:
         """Refuse if another live process holds the lock."""
         holder = self.holder()
-        if holder is not None:
+        if holder is not None and not self.ours(holder):
             raise RunFolderError(
                 f'{self.path.parent} is in use by process {holder["pid"]} on {holder["host"]} (lock file '
                 f'{self.path}); wait for it to end or stop it (a lock of a process that ended is taken over)')
@@ -90,6 +94,8 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 self.check()
+                if self.ours(self.holder()):
+                    return  # held by this process already; whoever took it releases it
                 stale = self.path.read_text(errors='replace').strip() if self.path.exists() else ''
                 print(f'lwta-zoo train: taking over the stale lock {self.path} ({stale or "empty"}): '
                       'its process no longer runs', file=sys.stderr)

@@ -2,8 +2,10 @@
 
 Objective (the papers' ELBO, per example): cross-entropy of the (adversarial) batch plus
 ``kl_weight * KL / N_train``, KL summed over every stochastic layer (``kl_divergence``).
-Adversarial training: PGD (Madry), FGSM (one step of size eps, no random start) or TRADES,
-each following the gradient the recipe names (the model's own or an adaptive one).
+Adversarial training: PGD (Madry; one step from a random start is FGSM-RS), FGSM (one step of
+size eps, no random start) or TRADES, each following the gradient the recipe names (the
+model's own or an adaptive one); the ``guard`` section stops fast runs that overfit
+catastrophically.
 
 Reproducibility: data order is a function of (seed, epoch) and augmentation of (seed,
 epoch, index); checkpoints (written atomically) hold model, optimizer, scheduler, every
@@ -50,6 +52,8 @@ from .runs import RunFolderError, check_identity, claim, run_identity
 from .sampling import set_samples
 
 CHECKPOINT = 'checkpoint.safetensors'
+# recipe keys a resumed run may change (threads: results may differ in the last bits; checkpoint timing: none)
+RESOURCE_KEYS = ('train.threads', 'train.checkpoint_minutes')
 
 
 def elbo_loss(logits: torch.Tensor, y: torch.Tensor, model: nn.Module, n_train: int,
@@ -146,9 +150,15 @@ def build_optimizer(model: nn.Module, r: Recipe) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
-def lr_factor(epoch: int, r: Recipe) -> float:
-    """Multiplier of the base learning rate during (0-based) ``epoch``."""
+def lr_factor(epoch: float, r: Recipe) -> float:
+    """Multiplier of the base learning rate at (0-based, fractional) ``epoch``.
+
+    ``cyclic`` changes every step; the other schedules hold one value for a whole epoch.
+    """
     s = r.schedule
+    if s.name == 'cyclic':
+        return epoch / s.peak if epoch < s.peak else max(0.0, (r.train.epochs - epoch) / (r.train.epochs - s.peak))
+    epoch = math.floor(epoch)
     if s.name == 'decay_after':
         return s.gamma ** max(0, epoch + 1 - s.start)
     if s.name == 'multistep':
@@ -176,7 +186,7 @@ class Trainer:
                                       download=d.download)
         self.test_set = load_dataset(d.name, 'test', d.root, limit=d.test_limit, seed=t.seed, download=d.download)
         self.n_train = len(self.train_set)
-        self.identity = run_identity(recipe.to_dict(), d.name, self.train_set, self.test_set)
+        self.identity = run_identity(d.name, self.train_set, self.test_set)
         self.steps_per_epoch = len(self._epoch_indices(0)) // t.batch_size
         if self.steps_per_epoch < 1:
             raise RecipeError(f'train.batch_size={t.batch_size} x {self.dist.world} processes exceeds the '
@@ -194,7 +204,11 @@ class Trainer:
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == 'cuda'
                                             else None) if self.dist.world > 1 else self.model)
         self.optimizer = build_optimizer(self.model, recipe)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, recipe))
+        # stepped after every optimizer step: the lambda sees the step count
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step / self.steps_per_epoch, recipe))
+        self.guard_set = self._guard_examples() if recipe.guard.enabled else None
+        self.guard_best: Optional[Dict[str, Any]] = None  # {'accuracy', 'epoch', 'model'} of the best epoch
         torch.manual_seed(t.seed + 1_000 * (self.dist.rank + 1))  # distinct noise per rank
         self.epoch, self.step_in_epoch, self.step = 0, 0, 0
         # Nothing is written before the folder is claimed (rank 0) and a resumed checkpoint is checked.
@@ -260,7 +274,7 @@ class Trainer:
                 'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
                 'scheduler': self.scheduler.state_dict(), 'rng': rng, 'epoch': self.epoch,
                 'step_in_epoch': self.step_in_epoch, 'step': self.step, 'world_size': self.dist.world,
-                'recipe': self.r.to_dict(), 'identity': self.identity,
+                'recipe': self.r.to_dict(), 'guard_best': self.guard_best, 'identity': self.identity,
             }
             save_state(state, self.output / CHECKPOINT)
         self.dist.barrier()
@@ -269,8 +283,11 @@ class Trainer:
     def _load_checkpoint(self) -> None:
         path = self.output / CHECKPOINT
         state = load_state(path)
-        saved, now = flatten(state['recipe']), flatten(self.r.to_dict())
-        diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        # A key the checkpoint lacks was added to the schema after it was written: its default is
+        # what that run did. Threads are the machine's, not the run's: a run may resume with more or fewer.
+        saved = {**flatten(Recipe().to_dict()), **flatten(state['recipe'])}
+        now = flatten(self.r.to_dict())
+        diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k) and k not in RESOURCE_KEYS)
         if diff:
             raise RecipeError(f'--resume: the recipe differs from the one in {path} at {diff}; '
                               f'resume with {self.output / "recipe.yaml"}')
@@ -283,6 +300,7 @@ class Trainer:
         self.scheduler.load_state_dict(state['scheduler'])
         _set_rng_state(state['rng'][self.dist.rank], self.device)
         self.epoch, self.step_in_epoch, self.step = state['epoch'], state['step_in_epoch'], state['step']
+        self.guard_best = state.get('guard_best')
         if self.dist.main:  # drop metrics logged after the checkpoint: they are about to be redone
             log = self.output / 'metrics.jsonl'
             lines = log.read_text().splitlines() if log.is_file() else []
@@ -346,7 +364,7 @@ class Trainer:
         """Train to the end of the recipe (or ``max_steps``), evaluate, export; returns the final metrics."""
         t = self.r.train
         acc_key = 'train_adv_acc' if self.r.adversary.method != 'none' else 'train_acc'
-        stopped = False
+        stopped = bool(self.guard_best and self.guard_best.get('stopped_after_epoch'))
         while self.epoch < t.epochs and not stopped:
             self.ddp.train()
             bar = tqdm(self._batches(), total=self.steps_per_epoch, initial=self.step_in_epoch,
@@ -359,6 +377,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+                self.scheduler.step()
                 self.step += 1
                 if not _finite(self.model):
                     raise TrainingDiverged(
@@ -386,8 +405,9 @@ class Trainer:
                 self.save_checkpoint()
                 break
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            self.scheduler.step()
-            last = self.epoch == t.epochs
+            if self.guard_set is not None and self._guard_stops():
+                stopped = True
+            last = self.epoch == t.epochs or stopped
             if not last and self.r.eval.every and self.epoch % self.r.eval.every == 0:
                 self._log({'step': self.step, 'epoch': self.epoch, **self.evaluate()})
             self.save_checkpoint()
@@ -396,10 +416,61 @@ class Trainer:
                    'final': True})
         if self.dist.main:
             self._export(metrics)
+            if self.lock is not None:  # the run is done: the folder is free
+                self.lock.release()
         self.dist.barrier()
         if self.writer is not None:
             self.writer.close()
         return metrics
+
+    # ------------------------------------------------------------------ catastrophic-overfitting guard
+    def _guard_examples(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The guard's fixed training images (no augmentation), chosen by the seed."""
+        n = min(self.r.guard.examples, self.n_train)
+        idx = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(self.r.train.seed))[:n]
+        return self.train_set.images[idx].float().div(255), self.train_set.labels[idx]
+
+    def guard_accuracy(self) -> float:
+        """PGD accuracy of the model (eval mode) on the guard's images; the training RNG is left as it was."""
+        g, a = self.r.guard, self.r.adversary
+        x_all, y_all = self.guard_set
+        was_training = self.model.training
+        self.model.eval()
+        correct = 0
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
+            torch.manual_seed(self.r.train.seed)
+            for start in range(0, len(y_all), self.r.eval.batch_size):
+                x, y = self._to_device(x_all[start:start + self.r.eval.batch_size],
+                                       y_all[start:start + self.r.eval.batch_size])
+                with self._autocast():
+                    x_adv = pgd(self.model, x, y, a.eps, a.eps / 4, g.steps)
+                    with torch.no_grad():
+                        correct += (self.model(x_adv).argmax(1) == y).sum().item()
+        self.model.train(was_training)
+        return correct / len(y_all)
+
+    def _guard_stops(self) -> bool:
+        """After an epoch: log the guard's accuracy; on a collapse restore the best epoch and return True."""
+        acc = self.guard_accuracy() if self.dist.main else 0.0
+        acc = self.dist.gather(acc)[0]
+        best = self.guard_best
+        record = {'step': self.step, 'epoch': self.epoch, 'guard_pgd_acc': acc}
+        if best is None or acc >= best['accuracy']:
+            self.guard_best = {'accuracy': acc, 'epoch': self.epoch,
+                               'model': {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+            self._log(record)
+            return False
+        if acc >= best['accuracy'] - self.r.guard.drop:
+            self._log(record)
+            return False
+        self.model.load_state_dict(best['model'])
+        best['stopped_after_epoch'] = self.epoch  # a resumed run does not train on
+        self._log({**record, 'catastrophic_overfitting': True, 'restored_epoch': best['epoch'],
+                   'restored_guard_pgd_acc': best['accuracy']})
+        if self.dist.main:
+            print(f'catastrophic overfitting: guard PGD accuracy {acc:.3f} after epoch {self.epoch}, best '
+                  f'{best["accuracy"]:.3f} after epoch {best["epoch"]}; restored that epoch\'s weights and stopped')
+        return True
 
     # ------------------------------------------------------------------ evaluation and export
     def eval_attack(self) -> Dict[str, Any]:
@@ -451,6 +522,11 @@ class Trainer:
         full = {**metrics, 'samples': e.samples, 'pgd': self.eval_attack(), 'steps_trained': self.step,
                 'epochs_trained': self.epoch + self.step_in_epoch / self.steps_per_epoch,
                 'dataset': self.r.data.name}
+        if self.guard_best is not None:
+            stop = self.guard_best.get('stopped_after_epoch')
+            full['guard'] = {'best_pgd_acc': self.guard_best['accuracy'], 'best_epoch': self.guard_best['epoch'],
+                             'catastrophic_overfitting_after_epoch': stop,
+                             'weights_from_epoch': self.guard_best['epoch'] if stop else self.epoch}
         (self.output / 'final_metrics.json').write_text(json.dumps(full, indent=2) + '\n')
         save_pretrained(self.model, self.output / 'export', recipe=self.r.to_dict(), metrics=full)
         print(f'exported to {self.output / "export"}: {json.dumps(metrics)}')

@@ -1,0 +1,114 @@
+"""Fast adversarial training: the one-cycle schedule stepped per optimizer step, FGSM with a
+random start as a one-step PGD recipe, and the catastrophic-overfitting guard.
+
+Tiny synthetic runs (tests/test_train.py's data and recipe) on one CPU thread.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import pytest
+import torch
+
+from lwta_zoo.checkpoint import load_state
+from lwta_zoo.recipe import RecipeError, recipe_from_dict
+from lwta_zoo.train import Trainer, lr_factor, train
+from test_train import N_TRAIN, data_root, read_log, tiny_recipe  # noqa: F401  (data_root is a fixture)
+
+CYCLIC = {'name': 'cyclic', 'peak': 1.0}
+FGSM_RS = {'method': 'pgd', 'eps': 0.1, 'steps': 1, 'step_size': 0.125, 'random_start': True}
+
+
+def test_cyclic_schedule_rises_to_the_peak_then_falls_to_zero(data_root: Path) -> None:
+    r = recipe_from_dict(tiny_recipe(data_root, train={'epochs': 4}, schedule={'name': 'cyclic', 'peak': 1.5}))
+    assert [lr_factor(e, r) for e in (0, 0.75, 1.5, 2.75, 4)] == pytest.approx([0, 0.5, 1, 0.5, 0])
+
+
+def test_cyclic_lr_changes_every_step_and_other_schedules_hold_an_epoch(data_root: Path, tmp_path: Path) -> None:
+    steps = N_TRAIN // 8
+    train(recipe_from_dict(tiny_recipe(data_root, schedule=CYCLIC)), tmp_path / 'cyclic')
+    lrs = [r['lr'] for r in read_log(tmp_path / 'cyclic') if 'lr' in r]
+    # logged after step s (1-based) is the rate of step s + 1: (s / steps) of the peak, then down
+    assert lrs == pytest.approx([0.05 * min(s / steps, 2 - s / steps) for s in range(1, 2 * steps + 1)])
+    train(recipe_from_dict(tiny_recipe(data_root, schedule={'name': 'multistep', 'milestones': [1], 'gamma': 0.5})),
+          tmp_path / 'multistep')
+    lrs = [r['lr'] for r in read_log(tmp_path / 'multistep') if 'lr' in r]
+    assert lrs == pytest.approx([0.05] * (steps - 1) + [0.025] * (steps + 1))
+
+
+def test_bad_cyclic_or_guard_settings_are_refused(data_root: Path) -> None:
+    with pytest.raises(RecipeError, match='schedule.peak'):
+        recipe_from_dict(tiny_recipe(data_root, schedule={'name': 'cyclic', 'peak': 2}))
+    with pytest.raises(RecipeError, match='guard'):
+        recipe_from_dict(tiny_recipe(data_root, guard={'enabled': True}))  # no adversary to guard
+
+
+def test_guard_leaves_training_unchanged_while_pgd_accuracy_holds(data_root: Path, tmp_path: Path) -> None:
+    """The guard's attacks draw from a forked RNG: a guarded run trains the same weights."""
+    plain = Trainer(recipe_from_dict(tiny_recipe(data_root, adversary=FGSM_RS)), tmp_path / 'plain')
+    plain.fit()  # before the next Trainer seeds the global RNG
+    guarded = Trainer(recipe_from_dict(tiny_recipe(data_root, adversary=FGSM_RS, guard={'enabled': True, 'drop': 1.0})),
+                      tmp_path / 'guarded')
+    guarded.fit()
+    for (k, a), b in zip(plain.model.state_dict().items(), guarded.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    accs = [r['guard_pgd_acc'] for r in read_log(tmp_path / 'guarded') if 'guard_pgd_acc' in r]
+    assert len(accs) == 2 and all(0 <= a <= 1 for a in accs)
+    assert not any('catastrophic_overfitting' in r for r in read_log(tmp_path / 'guarded'))
+
+
+def test_guard_restores_the_best_epoch_and_stops_on_a_collapse(data_root: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = recipe_from_dict(tiny_recipe(data_root, train={'epochs': 5}, adversary=FGSM_RS,
+                                          guard={'enabled': True, 'drop': 0.2}))
+    trainer = Trainer(recipe, tmp_path / 'run')
+    script: List[float] = [0.4, 0.5, 0.45, 0.1, 0.9]  # epoch 4 collapses (0.1 < 0.5 - 0.2)
+    weights = {}
+
+    def fake_accuracy() -> float:
+        weights[trainer.epoch] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        return script[trainer.epoch - 1]
+
+    monkeypatch.setattr(trainer, 'guard_accuracy', fake_accuracy)
+    metrics_final = trainer.fit()
+    log = read_log(tmp_path / 'run')
+    collapse = [r for r in log if r.get('catastrophic_overfitting')]
+    assert len(collapse) == 1 and collapse[0]['epoch'] == 4 and collapse[0]['restored_epoch'] == 2
+    assert trainer.epoch == 4 and sorted(weights) == [1, 2, 3, 4]  # no fifth epoch
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, weights[2][k]), k
+    assert 0 <= metrics_final['test_clean_acc'] <= 1
+    exported = load_state(tmp_path / 'run' / 'checkpoint.safetensors')
+    assert exported['guard_best']['stopped_after_epoch'] == 4
+    # a resumed run does not train on past the collapse
+    again = Trainer(recipe, tmp_path / 'run', resume=True)
+    monkeypatch.setattr(again, 'guard_accuracy', lambda: pytest.fail('trained on after the collapse'))
+    again.fit()
+    assert again.epoch == 4
+
+
+def test_resume_may_change_threads_but_not_the_run(data_root: Path, tmp_path: Path) -> None:
+    """Long runs move between machines: the thread count is a resource, the rest is the run."""
+    Trainer(recipe_from_dict(tiny_recipe(data_root, adversary=FGSM_RS)), tmp_path / 'run', max_steps=3).fit()
+    resumed = Trainer(recipe_from_dict(tiny_recipe(data_root, adversary=FGSM_RS, train={'threads': 2})),
+                      tmp_path / 'run', resume=True)
+    torch.set_num_threads(1)  # the suite's setting (conftest)
+    assert resumed.step == 3
+    with pytest.raises(RecipeError, match='adversary.step_size'):
+        Trainer(recipe_from_dict(tiny_recipe(data_root, adversary={**FGSM_RS, 'step_size': 0.1})), tmp_path / 'run',
+                resume=True)
+
+
+def test_resume_accepts_a_checkpoint_written_before_a_recipe_key_existed(data_root: Path, tmp_path: Path) -> None:
+    """A new schema key takes its default, which is what an older run did, so the run resumes."""
+    from lwta_zoo.checkpoint import save_state
+    recipe = recipe_from_dict(tiny_recipe(data_root))
+    Trainer(recipe, tmp_path / 'run', max_steps=3).fit()
+    state = load_state(tmp_path / 'run' / 'checkpoint.safetensors')
+    del state['recipe']['guard']  # as written before the guard section existed
+    save_state(state, tmp_path / 'run' / 'checkpoint.safetensors')
+    assert Trainer(recipe, tmp_path / 'run', resume=True).step == 3
+    guarded = recipe_from_dict(tiny_recipe(data_root, adversary=FGSM_RS, guard={'enabled': True}))
+    with pytest.raises(RecipeError, match='guard.enabled'):
+        Trainer(guarded, tmp_path / 'run', resume=True)
