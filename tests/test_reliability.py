@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -16,12 +19,17 @@ import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from lwta_zoo import hub
+from lwta_zoo import hub, runs
+from lwta_zoo.checkpoint import load_state
 from lwta_zoo.cli import main
 from lwta_zoo.data import DatasetNotFound, load_arrays, read_npz
+from lwta_zoo.recipe import RANGES, numeric_keys, recipe_from_dict
+from lwta_zoo.train import Trainer, train
+from test_train import N_TRAIN, synthetic, tiny_recipe  # the trainer tests' tiny data and recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = ROOT / 'lwta_zoo/data/fashion_mnist_test_500.npz'
@@ -206,18 +214,6 @@ def test_an_empty_batch_passes_through_the_fused_lwta(tmp_path: Path) -> None:
 
 # --- training: run folders, identity, locks, validation, finite weights, timed checkpoints -------
 
-from test_train import N_TRAIN, synthetic, tiny_recipe  # noqa: E402  (the trainer tests' tiny data and recipe)
-
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import yaml  # noqa: E402
-
-from lwta_zoo import runs  # noqa: E402
-from lwta_zoo.checkpoint import load_state  # noqa: E402
-from lwta_zoo.recipe import RecipeError, load_recipe, recipe_from_dict  # noqa: E402
-from lwta_zoo.train import Trainer, train  # noqa: E402
-
 
 @pytest.fixture()
 def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -289,7 +285,7 @@ def test_a_live_lock_stops_a_second_process_and_a_dead_ones_is_taken_over(tmp_pa
     out.mkdir()
     holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
     try:
-        (out / runs.LOCK).write_text(json.dumps({'pid': holder.pid, 'host': runs.socket.gethostname()}))
+        (out / runs.LOCK).write_text(json.dumps({'pid': holder.pid, 'host': socket.gethostname()}))
         line = fails(['train', str(recipe), '--output', str(out)], capsys, tmp_path)
         assert f'in use by process {holder.pid}' in line
     finally:
@@ -304,6 +300,7 @@ BAD_OVERRIDES = {
     'data.train_limit=-5': 'data.train_limit', 'data.test_limit=0': 'data.test_limit',
     'train.device=gpu': 'train.device', 'adversary.eps=5.0': 'adversary.eps', 'train.kl_weight=-1': 'kl_weight',
     'train.checkpoint_every=-1': 'checkpoint_every', 'train.log_every=0': 'log_every',
+    'data.root=/no/such/folder': '/no/such/folder', 'guard.drop=0': 'guard.drop', 'schedule.peak=-1': 'schedule.peak',
     'optim.lr=.inf': 'optim.lr', 'optim.lr=0': 'optim.lr', 'optim.momentum=1.5': 'optim.momentum',
     'adversary.step_size=-0.1': 'adversary.step_size', 'eval.eps=2': 'eval.eps', 'train.checkpoint_minutes=-1':
         'checkpoint_minutes', 'eval.every=-1': 'eval.every', 'train.seed=-1': 'train.seed',
@@ -319,7 +316,6 @@ def test_recipe_values_out_of_range(override: str, tmp_path: Path, data_root: Pa
 
 
 def test_every_numeric_recipe_key_has_a_range() -> None:
-    from lwta_zoo.recipe import RANGES, numeric_keys
     assert sorted(numeric_keys()) == sorted(RANGES)
 
 
@@ -356,6 +352,13 @@ def test_data_the_model_cannot_take_is_refused_before_training(tmp_path: Path, d
     np.savez(data_root / 'train.npz', **labels)
     line = fails(['train', str(recipe), 'data.name=cifar10', '--output', str(tmp_path / 'run')], capsys, tmp_path)
     assert 'cifar10' in line  # 28x28 grayscale files are not CIFAR-10 images
+    cifar = tmp_path / 'cifar'  # CIFAR-shaped files: the model takes one channel
+    cifar.mkdir()
+    for split, n in (('train', N_TRAIN), ('test', 32)):
+        write_npz(cifar / f'{split}.npz', np.zeros((n, 32, 32, 3), np.uint8), np.arange(n) % 10)
+    line = fails(['train', str(recipe), 'data.name=cifar10', f'data.root={cifar}', '--output',
+                  str(tmp_path / 'run')], capsys, tmp_path)
+    assert 'smallcnn_mnist_lwta takes 1-channel inputs; cifar10 images are (3, 32, 32)' in line
     assert not (tmp_path / 'run').exists()
 
 
