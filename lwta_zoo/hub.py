@@ -142,9 +142,10 @@ def _check_keys(state_dict: Dict[str, torch.Tensor], model: nn.Module, source: A
         raise ValueError(f'Weights {source} do not fit {arch}: shapes differ at {len(shapes)} keys: '
                          + ', '.join(shapes[:4]) + (', ...' if len(shapes) > 4 else ''))
     check_finite(state_dict, source)
-    config = Path(source).with_name(CONFIG_FILE) if isinstance(source, (str, Path)) else None
-    if config is not None and config.is_file():
-        check_config_matches(Path(source), _read_config(config), config)
+    if isinstance(source, (str, Path)) and Path(source).name == WEIGHTS_FILE:  # an exported folder's weights
+        config = Path(source).with_name(CONFIG_FILE)
+        if config.is_file():
+            check_config_matches(Path(source), _read_config(config), config)
     return state_dict
 
 
