@@ -248,8 +248,10 @@ def test_training_into_another_runs_folder_is_refused(finished: Path, tmp_path: 
     other = recipe_file(tmp_path, data_root, 'other.yaml', optim={'lr': 0.01})
     fails(['train', str(other), '--output', str(finished)], capsys, tmp_path)  # a run that would crash at once too
     fails(['train', str(other), 'train.log_every=0', '--output', str(finished)], capsys, tmp_path)
-    # --overwrite replaces it: the other recipe, a fresh log
+    # --overwrite replaces it: the other recipe, a fresh log; files that are not the run's stay
+    (finished / 'notes.txt').write_text('mine')
     assert main(['train', str(other), '--output', str(finished), '--overwrite']) == 0
+    assert (finished / 'notes.txt').read_text() == 'mine'
     assert yaml.safe_load((finished / 'recipe.yaml').read_text())['optim']['lr'] == 0.01
     steps = [json.loads(ln)['step'] for ln in (finished / 'metrics.jsonl').read_text().splitlines()]
     assert steps == sorted(steps) and steps.count(1) == 1
