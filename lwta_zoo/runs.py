@@ -67,9 +67,7 @@ class RunLock:
         try:
             info = json.loads(self.path.read_text())
             pid, host = int(info['pid']), str(info['host'])
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError, OSError):  # half-written by a process killed at once
+        except (OSError, ValueError, KeyError, TypeError):  # none, or not a lock this module wrote
             return None
         if host == socket.gethostname() and not _alive(pid):
             return None
@@ -86,12 +84,22 @@ class RunLock:
         if holder is not None and not self.ours(holder):
             raise RunFolderError(
                 f'{self.path.parent} is in use by process {holder["pid"]} on {holder["host"]} (lock file '
-                f'{self.path}); wait for it to end or stop it (a lock of a process that ended is taken over)')
+                f'{self.path}); wait for it to end or stop it (a lock of a process that ended is taken over; '
+                'delete the lock file if that process is not training here)')
 
     def acquire(self) -> None:
+        """Take the lock: its file appears whole or not at all (written aside, then hard-linked into place)."""
+        me = self.path.with_name(f'{LOCK}.{os.getpid()}')
+        me.write_text(json.dumps({'pid': os.getpid(), 'host': socket.gethostname()}))
+        try:
+            self._take(me)
+        finally:
+            me.unlink(missing_ok=True)
+
+    def _take(self, me: Path) -> None:
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(me, self.path)  # fails if the lock exists
             except FileExistsError:
                 self.check()
                 if self.ours(self.holder()):
@@ -101,8 +109,6 @@ class RunLock:
                       'its process no longer runs', file=sys.stderr)
                 self.path.unlink(missing_ok=True)
                 continue
-            with os.fdopen(fd, 'w') as f:
-                f.write(json.dumps({'pid': os.getpid(), 'host': socket.gethostname()}))
             self.held = True
             return
         self.check()
