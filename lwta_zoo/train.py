@@ -193,7 +193,10 @@ class Trainer:
                               f'{self.n_train} training examples')
 
         torch.manual_seed(t.seed)  # the same initial weights on every rank
-        self.model = timm.create_model(recipe.model.name, num_classes=self.info.num_classes, **recipe.model.args)
+        try:
+            self.model = timm.create_model(recipe.model.name, num_classes=self.info.num_classes, **recipe.model.args)
+        except TypeError as e:  # an argument the model's builder does not take
+            raise RecipeError(f'recipe key model.args {recipe.model.args} does not fit {recipe.model.name}: {e}') from None
         in_chans, size = getattr(self.model, 'in_chans', None), self.model.pretrained_cfg.get('input_size')
         if (in_chans is not None and in_chans != self.info.shape[0]) or (
                 self.model.pretrained_cfg.get('fixed_input_size') and tuple(size) != self.info.shape):

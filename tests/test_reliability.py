@@ -302,7 +302,8 @@ BAD_OVERRIDES = {
     'data.train_limit=-5': 'data.train_limit', 'data.test_limit=0': 'data.test_limit',
     'train.device=gpu': 'train.device', 'adversary.eps=5.0': 'adversary.eps', 'train.kl_weight=-1': 'kl_weight',
     'train.checkpoint_every=-1': 'checkpoint_every', 'train.log_every=0': 'log_every',
-    'data.root=/no/such/folder': '/no/such/folder', 'guard.drop=0': 'guard.drop', 'schedule.peak=-1': 'schedule.peak',
+    'data.root=/no/such/folder': '/no/such/folder', 'model.args.hiden=16': "model.args {'hidden': 16, 'hiden': 16}",
+    'model.args.num_classes=5': 'model.args', 'guard.drop=0': 'guard.drop', 'schedule.peak=-1': 'schedule.peak',
     'optim.lr=.inf': 'optim.lr', 'optim.lr=0': 'optim.lr', 'optim.momentum=1.5': 'optim.momentum',
     'adversary.step_size=-0.1': 'adversary.step_size', 'eval.eps=2': 'eval.eps', 'train.checkpoint_minutes=-1':
         'checkpoint_minutes', 'eval.every=-1': 'eval.every', 'train.seed=-1': 'train.seed',
