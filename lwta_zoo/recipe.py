@@ -38,6 +38,9 @@ class DataSection:
     train_limit: Optional[int] = None  # a fixed random subset of the training set
     test_limit: Optional[int] = None
     workers: int = 0
+    # hold the training set on the training device as one uint8 tensor and augment whole batches
+    # there (lwta_zoo.data.augment_batch): no DataLoader, for GPUs; other random draws than the loader's
+    on_device: bool = False
 
 
 @dataclass

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .attacks.pgd import pgd
-from .data import dataset_info, load_dataset
+from .data import augment_batch, dataset_info, load_dataset
 from .checkpoint import flatten, load_state, save_state
 from .layers.stochastic import kl_divergence
 from .recipe import Recipe, RecipeError, load_recipe
@@ -192,6 +192,9 @@ class Trainer:
             raise RecipeError(f'train.batch_size={t.batch_size} x {self.dist.world} processes exceeds the '
                               f'{self.n_train} training examples')
 
+        if d.on_device:
+            self.device_images = self.train_set.images.to(self.device)
+            self.device_labels = self.train_set.labels.to(self.device)
         torch.manual_seed(t.seed)  # the same initial weights on every rank
         try:
             self.model = timm.create_model(recipe.model.name, num_classes=self.info.num_classes, **recipe.model.args)
@@ -357,11 +360,27 @@ class Trainer:
         t = self.r.train
         self.train_set.set_epoch(self.epoch)
         indices = self._epoch_indices(self.epoch)[self.step_in_epoch * t.batch_size:]
+        if self.r.data.on_device:
+            return self._device_batches(indices, self.step_in_epoch)
         # A generator of its own: creating the iterator must not draw from the global RNG (resume).
         loader = DataLoader(self.train_set, batch_size=t.batch_size, sampler=indices, drop_last=True,
                             num_workers=self.r.data.workers, pin_memory=self.device.type == 'cuda',
                             generator=torch.Generator().manual_seed(t.seed + self.epoch))
         return iter(loader)
+
+    def _device_batches(self, indices: List[int], first: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Batches gathered from the training set held on the device, augmented there; batch k of an
+        epoch draws from a generator seeded by (seed, epoch, k), so a resumed run sees the same batches."""
+        t, images, labels = self.r.train, self.device_images, self.device_labels
+        order = torch.tensor(indices, dtype=torch.long, device=self.device)
+        generator = torch.Generator(self.device)
+        for b in range(len(indices) // t.batch_size):
+            idx = order[b * t.batch_size:(b + 1) * t.batch_size]
+            x = images[idx]
+            if self.train_set.transform is not None:  # the dataset's augmentation, batched
+                generator.manual_seed((t.seed * 1_000_003 + self.epoch) * 1_000_003 + first + b)
+                x = augment_batch(x, generator)
+            yield x.float().div_(255), labels[idx]
 
     def fit(self) -> Dict[str, Any]:
         """Train to the end of the recipe (or ``max_steps``), evaluate, export; returns the final metrics."""

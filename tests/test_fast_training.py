@@ -112,3 +112,43 @@ def test_resume_accepts_a_checkpoint_written_before_a_recipe_key_existed(data_ro
     guarded = recipe_from_dict(tiny_recipe(data_root, adversary=FGSM_RS, guard={'enabled': True}))
     with pytest.raises(RecipeError, match='guard.enabled'):
         Trainer(guarded, tmp_path / 'run', resume=True)
+
+
+def test_augment_batch_crops_and_flips_each_example() -> None:
+    from lwta_zoo.data import augment_batch
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = augment_batch(images, torch.Generator().manual_seed(0), padding=2)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (2,) * 4)
+    flips = 0
+    for i in range(64):
+        found = [f for dy in range(5) for dx in range(5) for f in (0, 1)
+                 if torch.equal(padded[i, :, dy:dy + 8, dx:dx + 8].flip(2) if f else padded[i, :, dy:dy + 8, dx:dx + 8],
+                                out[i])]
+        assert found, i
+        flips += found[0]
+    assert 16 < flips < 48  # about half flipped
+    assert torch.equal(out, augment_batch(images, torch.Generator().manual_seed(0), padding=2))
+
+
+def test_on_device_data_trains_and_resumes_mid_epoch_identically(tmp_path: Path) -> None:
+    """The training set held as one tensor, batches augmented at once: a run stopped mid-epoch and
+    resumed ends with the same weights as one that ran straight through."""
+    import numpy as np
+    root = tmp_path / 'data'
+    root.mkdir()
+    g = np.random.default_rng(0)
+    for split, n in (('train', 48), ('test', 16)):
+        np.savez(root / f'{split}.npz', images=g.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                 labels=np.arange(n) % 10)
+    tree = {'model': {'name': 'smallcnn_mnist_lwta', 'args': {'in_chans': 3, 'hidden': 16}},
+            'data': {'name': 'cifar10', 'root': str(root), 'download': False, 'augment': True, 'on_device': True},
+            'train': {'epochs': 2, 'batch_size': 8, 'seed': 1, 'threads': 1, 'log_every': 1},
+            'optim': {'lr': 0.01}, 'adversary': FGSM_RS, 'eval': {'every': 0, 'limit': 4, 'steps': 1, 'batch_size': 16}}
+    straight = Trainer(recipe_from_dict(tree), tmp_path / 'straight')
+    straight.fit()
+    Trainer(recipe_from_dict(tree), tmp_path / 'pieces', max_steps=8).fit()
+    resumed = Trainer(recipe_from_dict(tree), tmp_path / 'pieces', resume=True)
+    resumed.fit()
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k

@@ -267,6 +267,23 @@ def augmentation(name: str) -> Optional[v2.Transform]:
     return None
 
 
+def augment_batch(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """CIFAR's random crop (zero padding ``padding``) + horizontal flip on a whole uint8 batch at once.
+
+    One gather on the batch's own device, so a training set held on a GPU is augmented there;
+    ``generator`` (on that device) draws every example's offsets and flip.
+    """
+    n, _, h, w = images.shape
+    dev = images.device
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator, device=dev)
+    rows = (offsets[0, :, None] + torch.arange(h, device=dev))[:, :, None]  # (N, H, 1)
+    cols = (offsets[1, :, None] + torch.arange(w, device=dev))[:, None, :]  # (N, 1, W)
+    out = padded[torch.arange(n, device=dev)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)  # (N, C, H, W)
+    flip = torch.rand(n, generator=generator, device=dev) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
 class ImageDataset(Dataset):
     """uint8 images held in memory, returned as float [0, 1] tensors with optional augmentation.
 
