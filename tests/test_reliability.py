@@ -414,3 +414,11 @@ def test_time_based_checkpoints_resume_bit_identically(tmp_path: Path, data_root
     a = load_state(tmp_path / 'straight' / 'checkpoint.safetensors')['model']
     b = load_state(resumed / 'checkpoint.safetensors')['model']
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_config_whose_args_change_the_weights_shapes(export: Path) -> None:
+    config = json.loads((export / 'config.json').read_text())
+    (export / 'config.json').write_text(json.dumps({**config, 'num_classes': 5,
+                                                    'model_args': {**config['model_args'], 'num_classes': 5}}))
+    with pytest.raises(ValueError, match=r'do not fit aistats_softmax_mnist: shapes differ at \d+ keys: .*\(10, '):
+        hub.load_pretrained(export)
