@@ -36,9 +36,10 @@ FMNIST = ROOT / 'lwta_zoo/data/fashion_mnist_test_500.npz'
 
 
 def snapshot(folder: Path) -> Dict[str, str]:
-    """Every file under ``folder`` and a hash of its bytes: 'nothing on disk changed' is equality."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob('*')) if p.is_file()}
+    """Every file and folder under ``folder`` (a file with a hash of its bytes): 'nothing on disk changed'
+    is equality."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else 'folder'
+            for p in sorted(folder.rglob('*'))}
 
 
 def fails(argv: List[str], capsys: pytest.CaptureFixture, disk: Path) -> str:
