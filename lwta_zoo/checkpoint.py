@@ -76,5 +76,5 @@ def flatten(tree: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
 
 def differences(saved: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
     """The dotted keys at which two nested mappings differ (present in one only, or unequal)."""
-    a, b = flatten(saved), flatten(now)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k, _REF) != b.get(k, _REF))
+    a, b, missing = flatten(saved), flatten(now), object()
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))

@@ -173,7 +173,6 @@ def check_config_matches(weights: Path, config: Dict[str, Any], where: Any) -> N
                          'restore the exported config.json')
 
 
-
 # ----------------------------------------------------------------------------------------------
 # pretrained=True: where the weights are
 
