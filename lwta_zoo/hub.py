@@ -2,8 +2,10 @@
 
 An exported folder is timm's layout, so ``timm.create_model('local-dir:FOLDER')`` and
 ``'hf-hub:ORG/NAME[@REVISION]'`` read it: ``model.safetensors``, ``config.json`` (architecture,
-num_classes, num_features, model_args, pretrained_cfg) and ``README.md`` (a model card with
-Hugging Face metadata).
+num_classes, num_features, label_names, model_args, pretrained_cfg with the papers' arXiv ids) and
+``README.md`` (a model card with Hugging Face metadata: install and usage, results as a model-index
+that tells robust from clean accuracy, limitations, citations). Published folders also hold the
+``lwta-zoo eval`` reports their cards cite, under ``eval/``; ``push_to_hub`` uploads them too.
 
 ``pretrained=True`` on a zoo model (``timm.create_model``, ``torch.hub.load``) finds its weights:
 
@@ -220,7 +222,9 @@ def resolve_pretrained(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # What a Hugging Face Hub user meets: the code, the papers, the labels (timm's config fields)
 
-CODE_REPOSITORY = 'https://github.com/lwta-zoo/lwta'  # the code (hubconf's torch.hub 'lwta-zoo/lwta'); push may override
+# Where `pip install` gets the code: the GitHub repository hubconf.py serves as torch.hub's 'lwta-zoo/lwta'.
+# A placeholder until the code is published; `lwta-zoo push --code-repository URL` writes another into the card.
+CODE_REPOSITORY = 'https://github.com/lwta-zoo/lwta'
 L2_ATTACKS = ('cw_l2', 'blind_spot')  # unbounded minimal-perturbation attacks; every other budget is L-inf
 CIFAR10_LABELS = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 
@@ -462,8 +466,9 @@ def _usage(name: str, repo_id: str, code_repository: str, cfg: Dict[str, Any], d
             'In eval mode the model averages the logits of L posterior samples drawn in one batch '
             "(the WRN paper's eq. 10); `timm.create_model(..., samples=L)` or `lwta_zoo.set_samples(model, L)` "
             'sets L. With stochastic units, two calls on the same image can differ.',
-            f"Registered in lwta_zoo as `{name}`: `timm.create_model('{name}', pretrained=True)` finds the same "
-            'weights (the copy the package ships, then the Hub). Code and issues: ' + code_repository + '.']
+            *([f"lwta_zoo ships these weights as `{name}`: `timm.create_model('{name}', pretrained=True)` finds "
+               'them without the Hub.'] if name in shipped_weights() else []),
+            f'Code and issues: {code_repository}.']
 
 
 def _training(recipe: Optional[Dict[str, Any]], provenance: Dict[str, Any]) -> Optional[str]:
@@ -477,13 +482,10 @@ def _training(recipe: Optional[Dict[str, Any]], provenance: Dict[str, Any]) -> O
         text += f" of batch {train['batch_size']} ({train.get('epochs')} epoch(s); the last partial batch of " \
                 'each epoch is dropped)'
     per_step = provenance.get('seconds_per_step_median')
-    if provenance.get('train_seconds'):
-        text += f", {provenance['train_seconds'] / 60:.0f} min of training"
-    elif per_step:
+    if per_step:
         text += (f'; about {steps * per_step / 60:.0f} min of training ({steps} x the median {per_step} s per step '
                  'the run logged; its total time was not recorded)')
-    machine = provenance.get('machine')
-    return text + (f", on {machine}" if machine else '; the CPU model was not recorded') + '.'
+    return text + '; the CPU model was not recorded.'
 
 
 def _limitations(cfg: Dict[str, Any], metrics: Optional[Dict[str, Any]], stochastic: bool) -> str:

@@ -89,7 +89,8 @@ def test_card_model_index_holds_exactly_the_measured_metrics(model, tmp_path):
     results = {r.metric_name: r for r in ModelCard.load(folder / 'README.md').data.eval_results}
     assert {n: r.metric_value for n, r in results.items()} == {'clean accuracy': 0.61, 'pgd accuracy': 0.32}
     assert results['pgd accuracy'].metric_args == {'threat_model': 'Linf', 'n': 50, 'L': 3, 'eps': 0.1, 'steps': 20}
-    assert results['pgd accuracy'].metric_type == 'robust_accuracy' and results['clean accuracy'].metric_type == 'accuracy'
+    assert results['pgd accuracy'].metric_type == 'robust_accuracy'
+    assert results['clean accuracy'].metric_type == 'accuracy'
     clean = results['clean accuracy']
     assert clean.dataset_type == 'fashion_mnist' and clean.dataset_split == 'test'
     config = json.loads((folder / 'config.json').read_text())

@@ -20,8 +20,9 @@ The shipped reports came from (see each report's ``command``)::
 
     python tools/make_authors_weights.py [--source PATH] [--reports runs/authors_tau0.01_n100 runs/authors_exact_n100]
 
-The shipped copies of those reports republish as they are: ``--reports
-lwta_zoo/weights/wrn34_1_lwta.authors_pgd/eval/authors_tau0.01_n100 lwta_zoo/weights/wrn34_1_lwta.authors_pgd/eval/authors_exact_n100``.
+The shipped copies of those reports republish as they are (W=lwta_zoo/weights/wrn34_1_lwta.authors_pgd)::
+
+    python tools/make_authors_weights.py --reports $W/eval/authors_tau0.01_n100 $W/eval/authors_exact_n100
 """
 import argparse
 import tempfile
@@ -84,7 +85,8 @@ def main() -> None:
             print(results[-1]['name'], results[-1]['per_seed'])
     results += report_results(args.reports, {DATA: DATA + DATA_NOTE})
     metrics = {'dataset': 'cifar10', 'dataset_name': 'CIFAR-10', 'split': 'test', 'results': results}
-    import_checkpoint(args.source, NAME, out, layout='authors-lwta', metrics=metrics, provenance={'summary': SUMMARY, 'training': TRAINING})
+    import_checkpoint(args.source, NAME, out, layout='authors-lwta', metrics=metrics,
+                      provenance={'summary': SUMMARY, 'training': TRAINING})
     copy_reports(args.reports, out)
     print(f'wrote {out.relative_to(ROOT)}')
 

@@ -112,8 +112,8 @@ def _published() -> List[str]:
             eps = next((r['eps'] for r in results if 'eps' in r), None)
             label += f', eps {format_eps(eps)}' if eps is not None else ''
             rows.append(f"| {folder.name} | {clean.get('data').split(':')[0]} | {label} | {_pct(clean['value'])} | "
-                        f"{attacks} | **{_pct(worst['value'])}** ({threat_model(worst, results)}) | {clean.get('samples')} | {clean['examples']} "
-                        f"({clean['repeats']}) | `{clean.get('command')}` |")
+                        f"{attacks} | **{_pct(worst['value'])}** ({threat_model(worst, results)}) | "
+                        f"{clean.get('samples')} | {clean['examples']} ({clean['repeats']}) | `{clean.get('command')}` |")
     return rows
 
 
