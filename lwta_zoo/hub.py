@@ -660,7 +660,9 @@ def push_to_hub(
                                create_pr=create_pr, token=token, code_repository=code_repository)
     folder = Path(folder_or_model)
     config = check_export(folder)
-    api = HfApi(token=token, library_name='lwta_zoo')
+    from . import __version__
+
+    api = HfApi(token=token, library_name='lwta_zoo', library_version=__version__)  # the user agent, as timm's
     repo = api.create_repo(repo_id, private=private, exist_ok=True)
     card = model_card(config, repo_id=repo.repo_id, code_repository=code_repository)
     operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in upload_files(folder)]

@@ -55,7 +55,7 @@ SUMMARY = (
     'is the figure to rely on, not the paper protocol alone.')
 TRAINING = {  # what the paper and the authors' public code say; neither reports the training time
     'recipe': "PGD adversarial training (Madry et al.) on CIFAR-10, batch 128, SGD at learning rate 0.1 halved "
-              "every epoch after the 75th (the WRN paper, Section 4); the authors' train_cifar10.py (commit "
+              "every epoch after the 75th (the WRN paper, Section 3); the authors' train_cifar10.py (commit "
               "92edbe26642917e50f6147908e33b022eca80674) adds momentum 0.9, weight decay 2e-4 and a training attack "
               "of 10 steps of 0.007 at eps 0.031, and its main() as committed trains width 10, not this width-1 "
               'network. This checkpoint is the state after epoch 100.',

@@ -82,7 +82,9 @@ def recard(folder: Path) -> None:
     metrics['results'] = seeded + report_results([folder / f for f in known + [f for f in found if f not in known]],
                                                  notes)
     weights = (folder / WEIGHTS_FILE).read_bytes()
-    save_pretrained(load_pretrained(folder).eval(), folder, recipe=recipe, metrics=metrics, provenance=provenance)
+    model = load_pretrained(folder).eval()
+    model.pretrained_cfg.pop('label_names', None)  # timm copies them in from config.json; the export writes them
+    save_pretrained(model, folder, recipe=recipe, metrics=metrics, provenance=provenance)
     if (folder / WEIGHTS_FILE).read_bytes() != weights:
         raise RuntimeError(f'{folder / WEIGHTS_FILE} changed on export; the weights must stay as they are')
 
