@@ -775,7 +775,7 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_push(parser: argparse.ArgumentParser) -> None:
-    """``lwta-zoo push FOLDER REPO_ID [--revision R] [--private] [--create-pr]``."""
+    """``lwta-zoo push FOLDER REPO_ID [--revision R] [--private] [--create-pr] [--code-repository URL]``."""
     parser.description = 'Upload an exported folder to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`).'
     parser.add_argument('folder', type=Path)
     parser.add_argument('repo_id')
