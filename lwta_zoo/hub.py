@@ -2,8 +2,10 @@
 
 An exported folder is timm's layout, so ``timm.create_model('local-dir:FOLDER')`` and
 ``'hf-hub:ORG/NAME[@REVISION]'`` read it: ``model.safetensors``, ``config.json`` (architecture,
-num_classes, num_features, model_args, pretrained_cfg) and ``README.md`` (a model card with
-Hugging Face metadata).
+num_classes, num_features, label_names, model_args, pretrained_cfg with the papers' arXiv ids) and
+``README.md`` (a model card with Hugging Face metadata: install and usage, results as a model-index
+that tells robust from clean accuracy, limitations, citations). Published folders also hold the
+``lwta-zoo eval`` reports their cards cite, under ``eval/``; ``push_to_hub`` uploads them too.
 
 ``pretrained=True`` on a zoo model (``timm.create_model``, ``torch.hub.load``) finds its weights:
 
@@ -24,16 +26,17 @@ import json
 import math
 import os
 import pickle
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
 import torch.nn as nn
 import yaml
-from huggingface_hub import EvalResult, HfApi, ModelCardData, hf_hub_download
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCardData, hf_hub_download
 from huggingface_hub.errors import (
     LocalEntryNotFoundError, OfflineModeIsEnabled, RemoteEntryNotFoundError, RepositoryNotFoundError,
     RevisionNotFoundError,
@@ -264,6 +267,73 @@ def resolve_pretrained(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
+# What a Hugging Face Hub user meets: the code, the papers, the labels (timm's config fields)
+
+# Where `pip install` gets the code: the GitHub repository hubconf.py serves as torch.hub's 'lwta-zoo/lwta'.
+# A placeholder until the code is published; `lwta-zoo push --code-repository URL` writes another into the card.
+CODE_REPOSITORY = 'https://github.com/lwta-zoo/lwta'
+L2_ATTACKS = ('cw_l2', 'blind_spot')  # unbounded minimal-perturbation attacks; every other budget is L-inf
+CIFAR10_LABELS = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+
+
+@dataclass(frozen=True)
+class Paper:
+    """A source paper, as config.json (``paper_ids``, ``paper_name``) and the card's Citation give it."""
+
+    title: str
+    arxiv: str
+    bibtex: str
+
+
+AISTATS_PAPER = Paper(
+    'Local Competition and Stochasticity for Adversarial Robustness in Deep Learning', '2101.01121',
+    '@inproceedings{panousis2021local,\n'
+    '  title = {Local Competition and Stochasticity for Adversarial Robustness in Deep Learning},\n'
+    '  author = {Panousis, Konstantinos P. and Chatzis, Sotirios and Alexos, Antonios and Theodoridis, Sergios},\n'
+    '  booktitle = {International Conference on Artificial Intelligence and Statistics (AISTATS)},\n'
+    '  year = {2021},\n  eprint = {2101.01121},\n  archivePrefix = {arXiv}\n}')
+WRN_PAPER = Paper(
+    'Stochastic Local Winner-Takes-All Networks Enable Profound Adversarial Robustness', '2112.02671',
+    '@misc{panousis2021stochastic,\n'
+    '  title = {Stochastic Local Winner-Takes-All Networks Enable Profound Adversarial Robustness},\n'
+    '  author = {Panousis, Konstantinos P. and Chatzis, Sotirios and Theodoridis, Sergios},\n'
+    '  note = {Bayesian Deep Learning workshop, NeurIPS 2021},\n'
+    '  year = {2021},\n  eprint = {2112.02671},\n  archivePrefix = {arXiv}\n}')
+
+
+def papers(arch: str) -> Tuple[Paper, Paper]:
+    """Both source papers, the one that defines ``arch`` first."""
+    return (AISTATS_PAPER, WRN_PAPER) if arch.startswith('aistats_') else (WRN_PAPER, AISTATS_PAPER)
+
+
+def label_names(dataset: Optional[str]) -> Optional[List[str]]:
+    """Class names by classifier index for a dataset of ``lwta_zoo.data`` (timm's ``label_names``)."""
+    from .data import DATASETS
+
+    if dataset == 'cifar10':  # torchvision reads these from the downloaded batches, so they are kept here
+        return list(CIFAR10_LABELS)
+    classes = getattr(DATASETS[dataset].torchvision_cls, 'classes', None) if dataset in DATASETS else None
+    return list(classes) if classes else None
+
+
+def _dataset(recipe: Optional[Dict[str, Any]], metrics: Optional[Dict[str, Any]]) -> Optional[str]:
+    return (metrics or {}).get('dataset') or ((recipe or {}).get('data') or {}).get('name')
+
+
+def hub_config(model: nn.Module, recipe: Optional[Dict[str, Any]] = None,
+               metrics: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """config.json fields timm reads beyond the model's own: ``label_names`` and the papers in pretrained_cfg."""
+    cfg = model.pretrained_cfg
+    source = papers(cfg['architecture'])
+    fields: Dict[str, Any] = {'pretrained_cfg': {
+        'paper_ids': [f'arXiv:{p.arxiv}' for p in source], 'paper_name': cfg.get('paper_name') or source[0].title}}
+    names = label_names(_dataset(recipe, metrics))
+    if names and len(names) == model.num_classes:
+        fields['label_names'] = names
+    return fields
+
+
+# ----------------------------------------------------------------------------------------------
 # Export: safetensors + config.json + model card
 
 
@@ -301,17 +371,81 @@ def _check_metrics(metrics: Dict[str, Any]) -> None:
             raise ValueError(f'every metrics result needs a name and a measured finite value, got {r!r}')
 
 
+# ----------------------------------------------------------------------------------------------
+# The model card
+
+
+def _stochastic(args: Dict[str, Any]) -> bool:
+    """Stochastic LWTA: ``act='lwta'`` (sampling mode) or an AISTATS ``method`` of 'lwta' / 'lwta_ibp'."""
+    return ((args.get('act') == 'lwta' and (args.get('lwta_args') or {}).get('mode', 'sample') == 'sample')
+            or args.get('method') in ('lwta', 'lwta_ibp'))
+
+
+def _attack_name(result: Dict[str, Any]) -> str:
+    return result['name'].split(' robust accuracy')[0]
+
+
+def threat_model(result: Dict[str, Any], results: Sequence[Dict[str, Any]] = ()) -> Optional[str]:
+    """'Linf', 'L2' or None (clean); as the result says, else from its attack's settings.
+
+    A worst case over attacks of several threat models (reports before they were kept apart)
+    gets them joined, e.g. 'L2+Linf'.
+    """
+    if 'threat_model' in result:
+        return result['threat_model']
+    if 'over' in result:
+        found = {threat_model(r, results) for r in results
+                 if r.get('protocol_label') == result.get('protocol_label') and _attack_name(r) in result['over']}
+        return '+'.join(sorted(found - {None})) or None
+    if result.get('attack') in L2_ATTACKS:
+        return 'L2'
+    return 'Linf' if 'eps' in result else None
+
+
+ARG_NAMES = {'examples': 'n', 'repeats': 'R', 'samples': 'L'}  # the papers' and the reports' symbols
+CARD_ONLY = ('name', 'value', 'type', 'report', 'data')  # result keys that are not settings (data: dataset_args)
+
+
 def _settings(result: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in result.items() if k not in ('name', 'value', 'type')}
+    """A result's settings under the symbols n, R, L; eval_tau None (exact samples) as 'exact', which
+    the Hub's metadata keeps (it drops null values)."""
+    settings = {ARG_NAMES.get(k, k): v for k, v in result.items() if k not in CARD_ONLY}
+    if 'eval_tau' in settings and settings['eval_tau'] is None:
+        settings['eval_tau'] = 'exact'
+    return settings
+
+
+def report_folder(result: Dict[str, Any]) -> Optional[str]:
+    """The folder beside the weights (``eval/<run>``) that holds the report a result comes from, if any."""
+    return Path(result['report']).parent.as_posix() if result.get('report') else None
+
+
+def _subset(result: Dict[str, Any], metrics: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    """The model-index ``config`` (data source and n) and ``args`` of the examples a result was measured on."""
+    data = str(result.get('data') or metrics['dataset'])
+    source = data.split(':')[0]
+    n = result.get('examples')
+    config = (Path(source).stem if source.endswith('.npz') else metrics['dataset']) + (f'-n{n}' if n else '')
+    args = {'data': data, 'n': n}
+    if report_folder(result):
+        args['indices'] = f'{report_folder(result)}/report.json'
+    return config, args
 
 
 def _eval_results(metrics: Dict[str, Any]) -> List[EvalResult]:
-    return [EvalResult(
-        task_type='image-classification', dataset_type=metrics['dataset'],
-        dataset_name=metrics.get('dataset_name', metrics['dataset']), dataset_split=metrics.get('split'),
-        dataset_args=metrics.get('dataset_args'), metric_type=r.get('type', 'accuracy'), metric_name=r['name'],
-        metric_value=r['value'], metric_args=_settings(r) or None,
-    ) for r in metrics['results']]
+    out = []
+    for r in metrics['results']:
+        threat = threat_model(r, metrics['results'])
+        robust = threat is not None or 'attack' in r or 'over' in r
+        config, data_args = _subset(r, metrics)
+        args = {**({'threat_model': threat} if robust else {}), **_settings(r)}
+        out.append(EvalResult(
+            task_type='image-classification', dataset_type=metrics['dataset'],
+            dataset_name=metrics.get('dataset_name', metrics['dataset']), dataset_split=metrics.get('split'),
+            dataset_config=config, dataset_args={**data_args, **(metrics.get('dataset_args') or {})},
+            metric_type=r.get('type', 'robust_accuracy' if robust else 'accuracy'), metric_name=r['name'],
+            metric_value=r['value'], metric_args=args))
+    return out
 
 
 def _block(lang: str, data: Any) -> str:
@@ -319,47 +453,167 @@ def _block(lang: str, data: Any) -> str:
     return f'```{lang}\n{text}\n```'
 
 
-def model_card(config: Dict[str, Any]) -> str:
-    """README.md of an exported folder, generated from its config.json alone: it claims nothing else."""
+def format_eps(eps: float) -> str:
+    """8/255 for budgets on the 255 grid, else the decimal."""
+    return f'{round(eps * 255)}/255' if abs(eps * 255 - round(eps * 255)) < 1e-6 else f'{eps:g}'
+
+
+def _budget(result: Dict[str, Any], results: Sequence[Dict[str, Any]]) -> str:
+    threat, eps = threat_model(result, results), result.get('eps')
+    if threat is None:
+        return 'clean'
+    if isinstance(eps, (int, float)):
+        return f'{threat}, eps {format_eps(eps)}'
+    return f'{threat}, unbounded' if threat == 'L2' else threat
+
+
+def _results_table(metrics: Dict[str, Any]) -> str:
+    rows = []
+    for r in metrics['results']:
+        interval = r.get('interval')
+        report = report_folder(r)
+        rows.append(' | '.join([
+            '', r['name'], f"{r['value']:g}",
+            f'[{interval[0]:g}, {interval[1]:g}] ({r.get("interval_method", "")})' if interval else '',
+            _budget(r, metrics['results']), str(r.get('examples', '')), str(r.get('repeats', '')),
+            str(r.get('samples', '')), f'[{report}/report.md]({report}/report.md)' if report else '', '']).strip())
+    return ('| Result | Value | Interval | Threat model | n | R | L | Report |\n|---|---|---|---|---|---|---|---|\n'
+            + '\n'.join(rows))
+
+
+def _usage(name: str, repo_id: str, code_repository: str, cfg: Dict[str, Any], dataset: Optional[str]) -> List[str]:
+    chans, *size = cfg['input_size']
+    mode = 'L' if chans == 1 else 'RGB'
+    example = {'fashion_mnist': 'fashion_mnist_test_500.npz', 'cifar10': 'cifar10_test_500.npz'}.get(dataset or '')
+    image = ([f"shipped = Path(lwta_zoo.__file__).with_name('data') / '{example}'  # test images the package ships",
+              'images, labels = read_npz(shipped)  # or open your own image',
+              f"img = Image.fromarray(images[0].permute(1, 2, 0).squeeze(-1).numpy()).convert('{mode}')"]
+             if example else [f"img = Image.new('{mode}', ({size[1]}, {size[0]}))  # your image here"])
+    snippet = [
+        'from pathlib import Path', '', 'import timm', 'import torch', 'from PIL import Image', '',
+        "import lwta_zoo  # registers the zoo's architectures with timm: without it create_model says 'Unknown model'",
+        *(['from lwta_zoo.data import read_npz'] if example else []), '',
+        f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()",
+        'transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))', '',
+        *image,
+        'with torch.no_grad():',
+        '    probs = model(transform(img).unsqueeze(0)).softmax(-1)[0]',
+        "names = model.pretrained_cfg.get('label_names') or [str(i) for i in range(len(probs))]",
+        'top = probs.topk(3)',
+        'print([(names[i], round(p, 3)) for p, i in zip(top.values.tolist(), top.indices.tolist())])']
+    channels = (f'The model takes {chans}-channel {size[0]}x{size[1]} images in [0, 1] (normalisation is inside '
+                f"the model; timm's transform only resizes and converts to a tensor). "
+                + ("Convert other images to grayscale first (`img.convert('L')`): an RGB tensor has 3 channels "
+                   'and the model refuses it.' if chans == 1 else
+                   "Convert grayscale or RGBA images with `img.convert('RGB')`."))
+    return ['## Model Usage', 'Install the code (the architectures are not part of timm), then load the weights '
+            f'through timm:', f'```bash\npip install "lwta_zoo @ git+{code_repository}"\n```',
+            '```python\n' + '\n'.join(snippet) + '\n```', channels,
+            "`model.pretrained_cfg['label_names']` (from config.json) names the classes by index. "
+            'In eval mode the model averages the logits of L posterior samples drawn in one batch '
+            "(the WRN paper's eq. 10); `timm.create_model(..., samples=L)` or `lwta_zoo.set_samples(model, L)` "
+            'sets L. With stochastic units, two calls on the same image can differ.',
+            *([f"lwta_zoo ships these weights as `{name}`: `timm.create_model('{name}', pretrained=True)` finds "
+               'them without the Hub.'] if name in shipped_weights() else []),
+            f'Code and issues: {code_repository}.']
+
+
+def _training(recipe: Optional[Dict[str, Any]], provenance: Dict[str, Any]) -> Optional[str]:
+    """Steps, batch and time of a run this repo trained, from what the run recorded."""
+    steps = provenance.get('steps_trained')
+    if not steps:
+        return None
+    train = (recipe or {}).get('train') or {}
+    text = f'{steps} optimizer steps'
+    if train.get('batch_size'):
+        text += f" of batch {train['batch_size']} ({train.get('epochs')} epoch(s); the last partial batch of " \
+                'each epoch is dropped)'
+    per_step = provenance.get('seconds_per_step_median')
+    if per_step:
+        text += (f'; about {steps * per_step / 60:.0f} min of training ({steps} x the median {per_step} s per step '
+                 'the run logged; its total time was not recorded)')
+    return text + '; the CPU model was not recorded.'
+
+
+def _limitations(cfg: Dict[str, Any], metrics: Optional[Dict[str, Any]], stochastic: bool) -> str:
+    items = [
+        'Robust accuracy holds only for the attacks, budgets and examples listed under Results; it is an upper '
+        'bound on robustness, not a certificate. The per-example worst case over attacks is the figure to rely on, '
+        'not any single attack.',
+        'The figures come from test subsets (n in the table) with sampling error of several points at n=100; '
+        'they are not the papers\' full-test-set protocol, and the papers\' own numbers are not reproduced here.',
+    ]
+    if stochastic:
+        items.append('Predictions are stochastic: an example counts as defended when a majority of R fresh '
+                     'predictions are right, and repeated calls on one input can disagree.')
+    if metrics and any('.npz' in str(r.get('data', '')) and 'JPEG' in str(r.get('data', ''))
+                       for r in metrics['results']):
+        items.append('The CIFAR-10 subset is a public JPEG re-encoding of the test set, which costs about 1-3 '
+                     'points of accuracy against the PNG originals.')
+    if cfg.get('license') == 'unknown':
+        items.append('Licence unknown: the source repository publishes no licence, so the right to redistribute '
+                     'these weights is not established.')
+    return '\n'.join(f'- {i}' for i in items)
+
+
+def model_card(config: Dict[str, Any], *, repo_id: Optional[str] = None,
+               code_repository: str = CODE_REPOSITORY) -> str:
+    """README.md of an exported folder, generated from its config.json alone: it claims nothing else.
+
+    ``repo_id`` is the Hub repository the usage snippet loads (default: the zoo's organisation and
+    the model's name); ``code_repository`` is where ``pip install`` gets lwta_zoo.
+    """
+    from .models import HF_ORG  # lwta_zoo.models imports this module
+
     cfg, arch, args = config['pretrained_cfg'], config['architecture'], config.get('model_args', {})
     name = f"{arch}.{cfg['tag']}" if cfg.get('tag') else arch
     metrics, recipe, provenance = (config.get(k) for k in ('metrics', 'recipe', 'provenance'))
-    metrics = _structured(metrics) if metrics else None
+    metrics, provenance = (_structured(metrics) if metrics else None), provenance or {}
+    dataset = _dataset(recipe, metrics)
+    stochastic = _stochastic(args)
     data = ModelCardData(
         library_name='timm', license=cfg.get('license'), pipeline_tag='image-classification', model_name=name,
         tags=['image-classification', 'timm', 'lwta_zoo', 'adversarial-robustness']
-        + (['stochastic-lwta'] if args.get('act') == 'lwta' else []),
-        datasets=[metrics['dataset']] if metrics else None,
+        + (['stochastic-lwta'] if stochastic else []),
+        datasets=[dataset] if dataset else None,
         eval_results=_eval_results(metrics) if metrics else None,
     )
+    source = papers(arch)
+    details = {
+        'Model Type': 'Image classification' + (', stochastic LWTA' if stochastic else ''),
+        'Image size': 'x'.join(map(str, cfg['input_size'][1:])) + f" ({cfg['input_size'][0]} channel(s), in [0, 1])",
+        'Classes': ', '.join(config.get('label_names') or []) or str(config.get('num_classes')),
+        'Papers': [f'{p.title}: https://arxiv.org/abs/{p.arxiv}' for p in source],
+        'Dataset': (metrics or {}).get('dataset_name', dataset),
+        'Original': cfg.get('origin_url'), 'Code': code_repository,
+        'Training': provenance.get('training') or _training(recipe, provenance),
+    }
+    lines = []
+    for key, value in details.items():
+        if isinstance(value, dict):
+            lines += [f'- **{key}:**'] + [f'  - {k}: {v}' for k, v in value.items()]
+        elif isinstance(value, list):
+            lines += [f'- **{key}:**'] + [f'  - {v}' for v in value]
+        elif value:
+            lines.append(f'- **{key}:** {value}')
     about = (model_entrypoint(arch).__doc__ or '').strip()
-    summary = (provenance or {}).get('summary')
-    parts = [f'---\n{data.to_yaml()}\n---', f'# {name}', about] + ([summary] if summary else [])
-    usage = '\n'.join([
-        '```python', 'import timm, lwta_zoo',
-        f"model = timm.create_model('{name}', pretrained=True, samples=1).eval()  # registered weights",
-        "model = lwta_zoo.hub.load_pretrained('FOLDER or hf-hub:ORG/REPO', samples=1).eval()  # this export",
-        '```'])
-    parts += ['## Use', usage, 'In eval mode the model averages the logits of L posterior samples drawn in one batch '
-              f"(the WRN paper's eq. 10). This export predicts with L = {args.get('samples', 1)}; `samples=` or "
-              '`lwta_zoo.set_samples` change it.']
-    parts.append('## Results')
+    parts = [f'---\n{data.to_yaml()}\n---', f'# Model card for {name}', about, provenance.get('summary'),
+             '## Model Details', '\n'.join(lines),
+             *_usage(name, repo_id or f'{HF_ORG}/{name}', code_repository, cfg, dataset), '## Results']
     if metrics:
         where = f"Dataset `{metrics['dataset']}`" + (f", split `{metrics['split']}`" if metrics.get('split') else '')
-        rows = [f"| {r['name']} | {r['value']:g} | "
-                + '; '.join(f'{k}={v}' for k, v in _settings(r).items()) + ' |' for r in metrics['results']]
-        parts += [where + (f": {json.dumps(metrics['dataset_args'])}" if metrics.get('dataset_args') else '') + '.',
-                  '| Result | Value | Settings |\n|---|---|---|\n' + '\n'.join(rows)]
+        parts += [where + ('. Each report (eval/) holds the per-example outcomes, the examples\' indices, seeds, '
+                           'versions and machine.' if any(report_folder(r) for r in metrics['results']) else '.'),
+                  _results_table(metrics)]
     else:
         parts.append('No measured results were supplied with this export; none are claimed.')
-    parts += ['## Model arguments', _block('json', args), '## Training recipe',
+    parts += ['## Limitations', _limitations(cfg, metrics, stochastic),
+              '## Model arguments', _block('json', args), '## Training recipe',
               _block('yaml', recipe) if recipe else 'No training recipe was supplied with this export.']
-    details = {k: v for k, v in (provenance or {}).items() if k != 'summary'}
-    if details:
-        parts += ['## Provenance', _block('yaml', details)]
-    paper = [cfg[k] for k in ('paper_name', 'paper_ids', 'origin_url') if cfg.get(k)]
-    if paper:
-        parts += ['## Source', ' · '.join(paper)]
+    more = {k: v for k, v in provenance.items() if k != 'summary'}
+    if more:
+        parts += ['## Provenance', _block('yaml', more)]
+    parts += ['## Citation'] + [f'```bibtex\n{p.bibtex}\n```' for p in source]
     return '\n\n'.join(p for p in parts if p) + '\n'
 
 
@@ -395,7 +649,7 @@ def save_pretrained(
     folder.mkdir(parents=True, exist_ok=True)
     extras = {k: v for k, v in (('recipe', recipe), ('metrics', metrics), ('provenance', provenance)) if v is not None}
     # timm.create_model records the build arguments; the sample count is the model's current one.
-    save_config_for_hf(model, folder / CONFIG_FILE, model_config=extras,
+    save_config_for_hf(model, folder / CONFIG_FILE, model_config={**hub_config(model, recipe, metrics), **extras},
                        model_args={'samples': model.num_samples, 'sample_average': model.sample_average})
     config = json.loads((folder / CONFIG_FILE).read_text())
     _save_weights(state_dict, folder / WEIGHTS_FILE, {'format': 'pt', MODEL_META: json.dumps(model_identity(config))})
@@ -447,6 +701,13 @@ def load_pretrained(source: Union[str, Path], **kwargs: Any) -> nn.Module:
                          f'{config["architecture"]!r} ({e})') from e
 
 
+def upload_files(folder: Union[str, Path]) -> List[str]:
+    """The files of an exported folder that go to the Hub, relative to it: weights, config.json and eval/."""
+    folder = Path(folder)
+    reports = sorted(p.relative_to(folder).as_posix() for p in (folder / 'eval').rglob('*') if p.is_file())
+    return [WEIGHTS_FILE, CONFIG_FILE] + reports
+
+
 def push_to_hub(
     folder_or_model: Union[str, Path, nn.Module],
     repo_id: str,
@@ -458,28 +719,33 @@ def push_to_hub(
     token: Optional[str] = None,
     recipe: Optional[Dict[str, Any]] = None,
     metrics: Optional[Dict[str, Any]] = None,
+    code_repository: str = CODE_REPOSITORY,
 ):
     """Upload an exported folder (or export ``model`` first) to the Hugging Face Hub; returns the CommitInfo.
 
-    Creates the repo if needed. Only the exported files are uploaded. The token comes from the
-    usual places (``token``, ``HF_TOKEN``, ``hf auth login``).
+    Creates the repo if needed and sends, in one commit, the weights, config.json, the reports
+    under eval/ that the card links to, and a README.md card written for this repo: its snippet
+    loads ``hf-hub:<repo_id>`` and installs the code from ``code_repository``. Nothing else in
+    the folder is sent. The token comes from the usual places (``token``, ``HF_TOKEN``, ``hf auth login``).
     """
     if isinstance(folder_or_model, nn.Module):
         with TemporaryDirectory() as tmp:
             folder = save_pretrained(folder_or_model, tmp, recipe=recipe, metrics=metrics)
-            return push_to_hub(folder, repo_id, revision=revision, private=private,
-                               commit_message=commit_message, create_pr=create_pr, token=token)
+            return push_to_hub(folder, repo_id, revision=revision, private=private, commit_message=commit_message,
+                               create_pr=create_pr, token=token, code_repository=code_repository)
     folder = Path(folder_or_model)
     config = check_export(folder)
-    if not (folder / CARD_FILE).is_file():
-        raise FileNotFoundError(f'{folder} has no {CARD_FILE}: export it with save_pretrained')
     check_finite(load_file(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
     check_config_matches(folder / WEIGHTS_FILE, config, folder / CONFIG_FILE)
-    api = HfApi(token=token)
+    from . import __version__
+
+    api = HfApi(token=token, library_name='lwta_zoo', library_version=__version__)  # the user agent, as timm's
     repo = api.create_repo(repo_id, private=private, exist_ok=True)
-    return api.upload_folder(
-        repo_id=repo.repo_id, folder_path=folder, revision=revision, commit_message=commit_message,
-        create_pr=create_pr, allow_patterns=[WEIGHTS_FILE, CONFIG_FILE, CARD_FILE])
+    card = model_card(config, repo_id=repo.repo_id, code_repository=code_repository)
+    operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in upload_files(folder)]
+    operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode('utf-8')))
+    return api.create_commit(repo_id=repo.repo_id, operations=operations, revision=revision,
+                             commit_message=commit_message, create_pr=create_pr)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -586,7 +852,7 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_push(parser: argparse.ArgumentParser) -> None:
-    """``lwta-zoo push FOLDER REPO_ID [--revision R] [--private] [--create-pr]``."""
+    """``lwta-zoo push FOLDER REPO_ID [--revision R] [--private] [--create-pr] [--code-repository URL]``."""
     parser.description = 'Upload an exported folder to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`).'
     parser.add_argument('folder', type=Path)
     parser.add_argument('repo_id')
@@ -594,6 +860,8 @@ def configure_push(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--private', action='store_true', default=None, help='create the repo private')
     parser.add_argument('--create-pr', action='store_true')
     parser.add_argument('--commit-message', default='Upload lwta_zoo model')
+    parser.add_argument('--code-repository', default=CODE_REPOSITORY,
+                        help=f'where the card tells users to pip install lwta_zoo from (default {CODE_REPOSITORY})')
     parser.set_defaults(func=lambda a: print(push_to_hub(
         a.folder, a.repo_id, revision=a.revision, private=a.private, create_pr=a.create_pr,
-        commit_message=a.commit_message).commit_url))
+        commit_message=a.commit_message, code_repository=a.code_repository).commit_url))

@@ -12,7 +12,6 @@ import timm
 import torch
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import RepositoryNotFoundError
-from huggingface_hub.utils import filter_repo_objects
 from safetensors.torch import load_file
 
 from lwta_zoo import hub
@@ -89,7 +88,9 @@ def test_card_model_index_holds_exactly_the_measured_metrics(model, tmp_path):
                                  metrics=flat)
     results = {r.metric_name: r for r in ModelCard.load(folder / 'README.md').data.eval_results}
     assert {n: r.metric_value for n, r in results.items()} == {'clean accuracy': 0.61, 'pgd accuracy': 0.32}
-    assert results['pgd accuracy'].metric_args == {'examples': 50, 'samples': 3, 'eps': 0.1, 'steps': 20}
+    assert results['pgd accuracy'].metric_args == {'threat_model': 'Linf', 'n': 50, 'L': 3, 'eps': 0.1, 'steps': 20}
+    assert results['pgd accuracy'].metric_type == 'robust_accuracy'
+    assert results['clean accuracy'].metric_type == 'accuracy'
     clean = results['clean accuracy']
     assert clean.dataset_type == 'fashion_mnist' and clean.dataset_split == 'test'
     config = json.loads((folder / 'config.json').read_text())
@@ -222,22 +223,21 @@ def test_checkpoint_with_code_objects_is_refused_unexecuted(model, tmp_path):
 
 @pytest.fixture
 def stub_hub(monkeypatch):
-    """HfApi patched at its boundary: record the repo created and the files an upload would send."""
+    """HfApi patched at its boundary: record the repo created and the files one commit would send."""
     sent = {}
 
     def create_repo(self, repo_id, **kwargs):
         sent['repo'] = (repo_id, kwargs)
         return argparse.Namespace(repo_id=repo_id)
 
-    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, **kwargs):
-        files = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob('*') if p.is_file()]
-        sent['files'] = {f: (Path(folder_path) / f).read_bytes()
-                         for f in filter_repo_objects(files, allow_patterns=allow_patterns)}
+    def create_commit(self, *, repo_id, operations, **kwargs):
+        sent['files'] = {op.path_in_repo: op.path_or_fileobj if isinstance(op.path_or_fileobj, bytes)
+                         else Path(op.path_or_fileobj).read_bytes() for op in operations}
         sent['upload'] = dict(repo_id=repo_id, **kwargs)
         return argparse.Namespace(commit_url=f'https://hf.co/{repo_id}/commit/1')
 
     monkeypatch.setattr(HfApi, 'create_repo', create_repo)
-    monkeypatch.setattr(HfApi, 'upload_folder', upload_folder)
+    monkeypatch.setattr(HfApi, 'create_commit', create_commit)
     return sent
 
 
@@ -249,7 +249,10 @@ def test_push_uploads_exactly_the_exported_folder(model, export, stub_hub, capsy
     args.func(args)
     assert capsys.readouterr().out.strip() == 'https://hf.co/me/smallcnn/commit/1'
     assert stub_hub['repo'][0] == 'me/smallcnn' and stub_hub['upload']['revision'] == 'v1'
-    assert stub_hub['files'] == {f: (export / f).read_bytes() for f in EXPORT_FILES}
+    assert set(stub_hub['files']) == EXPORT_FILES
+    assert all(stub_hub['files'][f] == (export / f).read_bytes() for f in EXPORT_FILES - {'README.md'})
+    # the card is written for the repo it goes to
+    assert "hf-hub:me/smallcnn'" in stub_hub['files']['README.md'].decode()
     hub.push_to_hub(model, 'me/direct')  # a model is exported first, to the same files
     assert set(stub_hub['files']) == EXPORT_FILES
     assert stub_hub['files']['model.safetensors'] == (export / 'model.safetensors').read_bytes()

@@ -19,6 +19,10 @@ The shipped reports came from (see each report's ``command``)::
         --attacks pgd20,pgd_mean,pgd_ste,apgd_mean --random-inputs 1000
 
     python tools/make_authors_weights.py [--source PATH] [--reports runs/authors_tau0.01_n100 runs/authors_exact_n100]
+
+The shipped copies of those reports republish as they are (W=lwta_zoo/weights/wrn34_1_lwta.authors_pgd)::
+
+    python tools/make_authors_weights.py --reports $W/eval/authors_tau0.01_n100 $W/eval/authors_exact_n100
 """
 import argparse
 import tempfile
@@ -33,10 +37,11 @@ from publishing import ROOT, clean_result, copy_reports, report_results
 NAME = 'wrn34_1_lwta.authors_pgd'
 DATA = 'lwta_zoo/data/cifar10_test_500.npz'
 DATA_NOTE = ': the first 50 images of each class, from a public JPEG re-encoding of the CIFAR-10 test set'
+AUTHORS_CODE = 'https://github.com/konpanousis/Adversarial-LWTA-AutoAttack'
 SUMMARY = (
     "The authors' public checkpoint for the WRN paper (Panousis, Chatzis and Theodoridis, 2021): WideResNet-34-1 "
     'with stochastic LWTA (U=2), PGD adversarial training on CIFAR-10, epoch 100, from their code '
-    '(https://github.com/konpanousis/Adversarial-LWTA-AutoAttack). Converted by `python '
+    f'({AUTHORS_CODE}). Converted by `python '
     'tools/make_authors_weights.py` (`lwta-zoo import --layout authors-lwta`): activations lwta1/lwta2/lwta '
     "renamed relu1/relu2/relu, TRADES' unused sub_block1 dropped, the learned temperatures kept below. The "
     "authors' code differs from the paper: it does not add the KL term to its loss, learns a temperature per "
@@ -48,6 +53,18 @@ SUMMARY = (
     'adaptive attacks (PGD and APGD through the mean and max surrogates, straight-through gradients), under '
     "the authors' test-time relaxation and with exact samples; the per-example worst case over all of them "
     'is the figure to rely on, not the paper protocol alone.')
+TRAINING = {  # what the paper and the authors' public code say; neither reports the training time
+    'recipe': "PGD adversarial training (Madry et al.) on CIFAR-10, batch 128, SGD at learning rate 0.1 halved "
+              "every epoch after the 75th (the WRN paper, Section 3); the authors' train_cifar10.py (commit "
+              "92edbe26642917e50f6147908e33b022eca80674) adds momentum 0.9, weight decay 2e-4 and a training attack "
+              "of 10 steps of 0.007 at eps 0.031, and its main() as committed trains width 10, not this width-1 "
+              'network. This checkpoint is the state after epoch 100.',
+    'hardware': 'one NVIDIA Quadro P6000 (the WRN paper)',
+    'time': 'not reported',
+    'license': f'unknown: the public repository ({AUTHORS_CODE}) has no licence file, so the right to '
+               'redistribute these weights is not established; the sha256 of the source checkpoint is recorded '
+               'under checkpoint',
+}
 
 
 def main() -> None:
@@ -66,9 +83,10 @@ def main() -> None:
             model = load_pretrained(folder, samples=1, lwta_args={'eval_tau': eval_tau} if eval_tau else None)
             results.append(clean_result(model.eval(), x, y, data=DATA + DATA_NOTE, eval_tau=eval_tau))
             print(results[-1]['name'], results[-1]['per_seed'])
-    results += report_results(args.reports)
+    results += report_results(args.reports, {DATA: DATA + DATA_NOTE})
     metrics = {'dataset': 'cifar10', 'dataset_name': 'CIFAR-10', 'split': 'test', 'results': results}
-    import_checkpoint(args.source, NAME, out, layout='authors-lwta', metrics=metrics, provenance={'summary': SUMMARY})
+    import_checkpoint(args.source, NAME, out, layout='authors-lwta', metrics=metrics,
+                      provenance={'summary': SUMMARY, 'training': TRAINING})
     copy_reports(args.reports, out)
     print(f'wrote {out.relative_to(ROOT)}')
 

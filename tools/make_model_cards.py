@@ -1,19 +1,29 @@
-"""Write MODEL_CARDS.md from what the repo ships: the weights under lwta_zoo/weights/ with the
-measurements in their config.json (and eval/*/report.json), the zoo's architectures without
-weights and the recipes that would train them, and the papers' own figures, quoted as theirs.
+"""Regenerate the shipped model folders' cards and MODEL_CARDS.md from what the repo ships.
+
+Each folder under lwta_zoo/weights/ is exported again (``save_pretrained``) from its own weights
+and config.json, so its config.json and README.md follow the current card code: the weights stay
+byte for byte, the results of its reports (eval/*/report.json) are re-read from them, the training
+record is kept as recorded. Then MODEL_CARDS.md lists the weights with their measurements, the
+zoo's architectures without weights and the recipes that would train them, and the papers' own
+figures, quoted as theirs.
 
     python tools/make_model_cards.py
 """
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import yaml
 
 import lwta_zoo
-from lwta_zoo.hub import SHIPPED_WEIGHTS, shipped_weights
+from lwta_zoo.hub import (
+    CONFIG_FILE, SHIPPED_WEIGHTS, WEIGHTS_FILE, format_eps, load_pretrained, report_folder, save_pretrained,
+    shipped_weights, threat_model,
+)
 from lwta_zoo.models import zoo_model_names
+from lwta_zoo.recipe import load_recipe
+from publishing import report_results
 
 ROOT = Path(__file__).resolve().parents[1]
 ROBUSTBENCH_ALIAS = re.compile(r'_(cifar10|cifar100|imagenet)_(linf|l2|corruptions)$')  # name_dataset_threat
@@ -41,13 +51,46 @@ figures in its Tables 2-7 (ECOC networks; PGD, CW, Blind-Spot and Random attacks
 """
 
 
+def _committed_recipe(config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The committed recipe that the recorded train command names, if its settings are still the recorded ones."""
+    command = str((config.get('provenance') or {}).get('train_command') or '').split()
+    path = next((w for w in command if w.startswith('recipes/') and w.endswith('.yaml')), None)
+    if not (path and config.get('recipe') and (ROOT / path).is_file()):
+        return None
+    now = json.loads(json.dumps(load_recipe(ROOT / path, [w for w in command if '=' in w]).to_dict()))
+    settings = ({k: v for k, v in r.items() if k != 'description'} for r in (now, config['recipe']))
+    return now if next(settings) == next(settings) else None
+
+
+def recard(folder: Path) -> None:
+    """Export ``folder`` again from its own weights and config.json with the current card code.
+
+    The results of its reports are re-read from eval/*/report.json (the data they name gets the
+    description a seeded clean result gives the same file); the recipe's description, and the
+    summary quoting it, follow the committed recipe when its settings are the recorded ones.
+    """
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    recipe, metrics, provenance = config.get('recipe'), dict(config['metrics']), dict(config.get('provenance') or {})
+    now = _committed_recipe(config)
+    if now and now['description'] != recipe['description']:
+        provenance['summary'] = provenance['summary'].replace(recipe['description'].strip(), now['description'].strip())
+        recipe = {**recipe, 'description': now['description']}
+    seeded = [r for r in metrics['results'] if 'protocol_label' not in r]  # not from a report
+    notes = {r['data'].split(':')[0]: r['data'] for r in seeded if 'data' in r}
+    found = [p.parent.relative_to(folder).as_posix() for p in sorted((folder / 'eval').glob('*/report.json'))]
+    known = [f for f in dict.fromkeys(map(report_folder, metrics['results'])) if f in found]  # the recorded order
+    metrics['results'] = seeded + report_results([folder / f for f in known + [f for f in found if f not in known]],
+                                                 notes)
+    weights = (folder / WEIGHTS_FILE).read_bytes()
+    model = load_pretrained(folder).eval()
+    model.pretrained_cfg.pop('label_names', None)  # timm copies them in from config.json; the export writes them
+    save_pretrained(model, folder, recipe=recipe, metrics=metrics, provenance=provenance)
+    if (folder / WEIGHTS_FILE).read_bytes() != weights:
+        raise RuntimeError(f'{folder / WEIGHTS_FILE} changed on export; the weights must stay as they are')
+
+
 def _pct(v: Any) -> str:
     return f'{100 * v:.1f}' if isinstance(v, (int, float)) else ''
-
-
-def _eps(eps: float) -> str:
-    """8/255 for CIFAR-style budgets, else the decimal."""
-    return f'{round(eps * 255)}/255' if abs(eps * 255 - round(eps * 255)) < 1e-6 else f'{eps:g}'
 
 
 def _published() -> List[str]:
@@ -66,13 +109,13 @@ def _published() -> List[str]:
                 continue
             clean = next(r for r in results if r['name'].startswith('clean'))
             worst = next(r for r in results if r['name'].startswith('worst'))
-            attacks = '; '.join(f"{r['name'].split(' robust')[0]} ({r.get('protocol')}) {_pct(r['value'])}"
-                                for r in results if r not in (clean, worst))
+            attacks = '; '.join(f"{r['name'].split(' robust')[0]} ({r.get('protocol')}, {threat_model(r)}) "
+                                f"{_pct(r['value'])}" for r in results if r not in (clean, worst))
             eps = next((r['eps'] for r in results if 'eps' in r), None)
-            label += f', eps {_eps(eps)}' if eps is not None else ''
-            rows.append(f"| {folder.name} | {clean.get('data')} | {label} | {_pct(clean['value'])} | {attacks} | "
-                        f"**{_pct(worst['value'])}** | {clean.get('samples')} | {clean['examples']} "
-                        f"({clean['repeats']}) | `{clean.get('command')}` |")
+            label += f', eps {format_eps(eps)}' if eps is not None else ''
+            rows.append(f"| {folder.name} | {clean.get('data').split(':')[0]} | {label} | {_pct(clean['value'])} | "
+                        f"{attacks} | **{_pct(worst['value'])}** ({threat_model(worst, results)}) | "
+                        f"{clean.get('samples')} | {clean['examples']} ({clean['repeats']}) | `{clean.get('command')}` |")
     return rows
 
 
@@ -89,16 +132,20 @@ def _unpublished() -> List[str]:
 
 
 def main() -> None:
+    for name in shipped_weights():
+        recard(SHIPPED_WEIGHTS / name)
+        print(f'wrote lwta_zoo/weights/{name}/{CONFIG_FILE} and README.md')
     text = '\n'.join([
         '# Model cards', '',
         '<!-- written by `python tools/make_model_cards.py`; edit the tool, not this file -->', '',
         'Every figure below was measured by the command in its row, on the data it names, and is rerun '
         'by that command. Robust accuracy: an adversarial input counts as defended when the stochastic '
         'model classifies it correctly in a majority of R fresh predictions (clean inputs too); the '
-        "worst case is per example over every attack in the row. Eps is the one the protocol column "
-        "names unless an attack's settings say otherwise (the AISTATS paper's CW and Blind-Spot are L2 "
-        'attacks; the full settings, seeds, versions and machine are in the model card '
-        'and in `lwta_zoo/weights/<model>/eval/*/report.json`). "WRN paper" marks that paper\'s own '
+        "worst case is per example over every attack in the row, with the threat models it spans. Each "
+        "attack names its threat model: Linf at the eps the protocol column names, or L2 (the AISTATS "
+        "paper's CW and Blind-Spot, unbounded minimal-perturbation attacks); the full settings, seeds, "
+        'versions and machine are in each model card (lwta_zoo/weights/<model>/README.md) and in '
+        '`lwta_zoo/weights/<model>/eval/*/report.json`. "WRN paper" marks that paper\'s own '
         'protocol; "adaptive" marks attacks built for stochastic models.', '',
         f'lwta_zoo {lwta_zoo.__version__}.', '',
         '## Published weights', '', *_published(), '',

@@ -45,18 +45,27 @@ def clean_result(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, data: st
             'command': ' '.join(['python', *sys.argv])}
 
 
-def report_results(folders: Sequence[Path]) -> List[Dict[str, Any]]:
-    """Model-card results of ``lwta-zoo eval`` output folders, each labelled by sampling and n."""
+def report_results(folders: Sequence[Path], data_notes: Optional[Dict[str, str]] = None) -> List[Dict[str, Any]]:
+    """Model-card results of ``lwta-zoo eval`` output folders, each labelled by sampling and n and
+    linked to its report where ``copy_reports`` puts it (eval/<folder name>/report.md).
+
+    ``data_notes`` maps a report's data (an .npz path) to its description ('PATH: what it holds').
+    """
     results = []
     for folder in folders:
         report = json.loads((Path(folder) / 'report.json').read_text())
-        results += card_results(report, f"{sampling_label(report.get('eval_tau'))}, n={report['n']}")
+        label = f"{sampling_label(report.get('eval_tau'))}, n={report['n']}"
+        results += [{**r, 'data': (data_notes or {}).get(r.get('data'), r.get('data')),
+                     'report': f'eval/{Path(folder).name}/report.md'} for r in card_results(report, label)]
     return results
 
 
 def copy_reports(folders: Sequence[Path], out: Path) -> None:
     """report.json and report.md of each folder to ``out``/eval/<folder name>/."""
     for folder in folders:
-        (out / 'eval' / Path(folder).name).mkdir(parents=True, exist_ok=True)
+        target = out / 'eval' / Path(folder).name
+        if target.resolve() == Path(folder).resolve():  # republishing the reports already shipped
+            continue
+        target.mkdir(parents=True, exist_ok=True)
         for file in ('report.json', 'report.md'):
-            shutil.copy(Path(folder) / file, out / 'eval' / Path(folder).name / file)
+            shutil.copy(Path(folder) / file, target / file)
