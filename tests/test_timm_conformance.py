@@ -200,3 +200,17 @@ def test_code_lengths_and_the_ensembles_refusal():
     assert (gram - 64 * torch.eye(42) <= 0).all()  # distinct codewords still never correlate positively
     with pytest.raises(ValueError, match='5 code bits do not split into 2 chunks'):
         timm.create_model('aistats_logens10_mnist', num_classes=5, device='meta')
+
+
+@pytest.mark.parametrize('name', [n for n in ECOC if 'logens' not in n])
+def test_ecoc_features_only_gives_each_stage(name):
+    model = timm.create_model(name, features_only=True).eval()
+    size = timm.get_pretrained_cfg_value(name, 'input_size')
+    feats = model(torch.rand(1, *size))
+    assert [f.shape[1] for f in feats] == model.feature_info.channels()
+    assert [-(-size[-1] // r) for r in model.feature_info.reduction()] == [f.shape[-1] for f in feats]
+
+
+def test_the_ensemble_refuses_features_only_clearly():
+    with pytest.raises(ValueError, match='no single feature pyramid'):
+        timm.create_model('aistats_logens10_cifar10', features_only=True)

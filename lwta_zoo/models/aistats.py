@@ -322,6 +322,8 @@ class EcocCNN(_EcocClassifier):
         self.method, self.U = method, U
         blocks, chs = _stage_convs(layers, in_chans, filters, reps, [(batch_norm, False)] * 3, 'EcocCNN')
         self.features = nn.Sequential(*blocks)
+        self.feature_info = [dict(num_chs=f, reduction=2 ** (s + 1), module=f'features.{(s + 1) * (reps + 1) - 1}')
+                             for s, f in enumerate(filters)]  # each stage ends with a stride-2 conv
         flat = chs * _reduced(img_size[0]) * _reduced(img_size[1])
         self.hidden = nn.Sequential(layers.dense(flat, 128, where='dense 1'), layers.dense(128, 64, where='dense 2'),
                                     layers.dense(64, 64, act=False))
@@ -514,6 +516,11 @@ def _create(network: str, dataset: str, pretrained: bool, **kwargs) -> _EcocClas
             kwargs['pretrained_cfg_overlay'] = dict(tag=method_tag(kwargs['method'], kwargs['U']), hf_hub_id=None,
                                                     **(kwargs.get('pretrained_cfg_overlay') or {}))
     model_cls, arch = _arch_kwargs(network, dataset)
+    if model_cls is EcocEnsemble and kwargs.get('features_only'):
+        raise ValueError(f'{name} has no features_only mode: its trunks run side by side and feed a branch '
+                         "per code bit, there is no single feature pyramid (forward_features gives the branches' maps)")
+    # The stages' ends, hooked in a forward of the whole model (its first children are not a sequence).
+    kwargs.setdefault('feature_cfg', dict(out_indices=(0, 1, 2), feature_cls='hook'))
     return build(model_cls, name, pretrained, pretrained_cfg=tag, **{**arch, **kwargs})
 
 
