@@ -114,7 +114,8 @@ class EcocDecoder(nn.Module):
     code ``M`` (C x B) is a buffer rebuilt from the config, not saved in the state_dict.
     """
 
-    def __init__(self, code: torch.Tensor, output: str, device=None, dtype=None):
+    def __init__(self, code: torch.Tensor, output: str, device: Optional[DeviceLike] = None,
+                 dtype: Optional[torch.dtype] = None):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f'output activation must be one of {OUTPUTS}, got {output!r}')
@@ -256,7 +257,7 @@ class _EcocClassifier(SampledClassifier):
         if global_pool not in POOLS:
             raise ValueError(f'{type(self).__name__}: global_pool must be one of {POOLS}, got {global_pool!r}')
         dd = get_device_dtype(self)
-        if num_classes:
+        if num_classes and num_classes != self.decoder.code.shape[0]:  # the code is a function of the count
             decoder = EcocDecoder(make_code(self.code_kind, num_classes, self.code_length), self.output, **dd)
             self._check_bits(decoder.code.shape[1])  # before anything changes
             self.decoder = decoder
