@@ -39,8 +39,8 @@ LARGE = {n for n in ZOO if n.startswith(('wrn34_5', 'wrn34_10', 'wrn28_10'))}
 # Parameters that get no gradient from the network's output alone, with the reason. timm's backward
 # test asserts that every parameter does; these enter the ELBO only through its KL term.
 NO_OUTPUT_GRADIENT = {
-    '*.ibp.stick_a': "IBP stick posterior Kumaraswamy(a, b): the sticks set the prior's pi, which only the KL "
-                     'of z compares the posterior keep-probabilities pi~ to; the mask z is drawn from pi~ alone',
+    '*.ibp.stick_a': "IBP stick-breaking posterior Kumaraswamy(a, b): the sticks give the prior's pi, which enters "
+                     'only the KL (of the sticks and of z); the mask z is drawn from the posterior pi~ alone',
     '*.ibp.stick_b': 'the same, for b',
 }
 
@@ -86,7 +86,8 @@ def test_factory_device_and_dtype(name):
 @pytest.mark.parametrize('name', ZOO)
 def test_backward_reaches_every_parameter_but_the_listed_ones(name):
     dd = dict(device='meta') if name in LARGE else {}
-    model = timm.create_model(name, num_classes=12, **dd).train()  # a new head, as in timm's test
+    # A class count other than the cfg's, as timm's test (its 42 builds a 42-branch ensemble: see the ECOC test).
+    model = timm.create_model(name, num_classes=12, **dd).train()
     out = model(_input(model, **dd))
     assert out.shape == (2, 12)
     out.mean().backward(retain_graph=True)
