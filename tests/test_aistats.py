@@ -152,8 +152,9 @@ def test_bad_u_input_and_classifier_reset_give_clear_errors():
         model(torch.rand(2, 3, 28, 28))
     model.reset_classifier(0)
     assert model(_input('mnist')).shape == (2, 20)  # the ten branches' 2-unit pre-logits
-    with pytest.raises(NotImplementedError, match='code fixes 10 classes'):
-        model.reset_classifier(5)
+    with pytest.raises(ValueError, match='5 code bits do not split into 2 chunks'):
+        model.reset_classifier(5)  # one-hot: a bit a class, one branch a bit, two trunks
+    assert model.num_classes == 0 and model.num_bits == len(model.branches) == 10  # left as it was
 
 
 def test_verma_swami_tanhens16_count_and_ibp_report():

@@ -104,6 +104,8 @@ class IBPMask(nn.Module):
         pi_init: float = 0.99,
         mode: str = 'sample',
         eval_tau: Optional[float] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
         if not shape or any(not isinstance(s, int) or s < 1 for s in shape):
@@ -121,10 +123,11 @@ class IBPMask(nn.Module):
         self.shape = tuple(shape)
         self.alpha, self.tau, self.prior_tau, self.z_kl = alpha, tau, prior_tau, z_kl
         self.cutoff, self.mode, self.eval_tau = cutoff, mode, eval_tau
-        self.pi_logit = nn.Parameter(torch.full(shape, math.log(pi_init / (1 - pi_init))))
+        dd = {'device': device, 'dtype': dtype}
+        self.pi_logit = nn.Parameter(torch.full(shape, math.log(pi_init / (1 - pi_init)), **dd))
         # Kumaraswamy posterior of the sticks, a = softplus(stick_a), b = softplus(stick_b).
-        self.stick_a = nn.Parameter(torch.full((K,), _inverse_softplus(float(K))))
-        self.stick_b = nn.Parameter(torch.full((K,), _inverse_softplus(1.0)))
+        self.stick_a = nn.Parameter(torch.full((K,), _inverse_softplus(float(K)), **dd))
+        self.stick_b = nn.Parameter(torch.full((K,), _inverse_softplus(1.0), **dd))
         self.kl: Optional[torch.Tensor] = None
 
     @property
@@ -197,10 +200,12 @@ class IBPLinear(nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, U: int = 1,
-                 ibp_args: Optional[Dict[str, Any]] = None):
-        super().__init__(in_features, out_features, bias)
+                 ibp_args: Optional[Dict[str, Any]] = None, device: Optional[torch.device] = None,
+                 dtype: Optional[torch.dtype] = None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.U = U
-        self.ibp = IBPMask((in_features, _blocks_of(out_features, U, 'IBPLinear')), **(ibp_args or {}))
+        self.ibp = IBPMask((in_features, _blocks_of(out_features, U, 'IBPLinear')), **(ibp_args or {}),
+                           device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.ibp().repeat_interleave(self.U, dim=1)  # (J, K*U), block k = U adjacent outputs
@@ -219,7 +224,8 @@ class IBPConv2d(nn.Conv2d):
                  ibp_args: Optional[Dict[str, Any]] = None, **conv_args):
         super().__init__(in_channels, out_channels, kernel_size, **conv_args)
         self.U = U
-        self.ibp = IBPMask((_blocks_of(out_channels, U, 'IBPConv2d'),), **(ibp_args or {}))
+        self.ibp = IBPMask((_blocks_of(out_channels, U, 'IBPConv2d'),), **(ibp_args or {}),
+                           device=self.weight.device, dtype=self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.ibp().repeat_interleave(self.U)

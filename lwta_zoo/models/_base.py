@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Dict, Optional, Sequence, Type
+from typing import Any, Callable, Dict, Optional, Sequence, Set, Type, Union
 
 import timm
 import torch
 import torch.nn as nn
-from timm.layers import SelectAdaptivePool2d
+from timm.layers import SelectAdaptivePool2d, get_device_dtype
 from timm.models import build_model_with_cfg
 
 from ..hub import resolve_pretrained
+from ..layers.ibp import IBPMask
 from ..layers.lwta import LWTA, track_kl
 from ..sampling import check_max_batch, check_samples, sample_average
 
 ACTIVATIONS = ('relu', 'lwta')
 HF_ORG = 'lwta-zoo'  # the Hugging Face organisation that hosts the zoo's weights
+DeviceLike = Union[str, torch.device]
 BEHAVIOUR_ARGS = ('act', 'lwta_args', 'method', 'U')  # build arguments that leave no trace in a state_dict
 
 
@@ -34,10 +36,12 @@ def make_act_layer(act: str = 'relu', lwta_args: Optional[Dict[str, Any]] = None
 class Normalize(nn.Module):
     """Per-channel (x - mean) / std inside the model, so that inputs stay in [0, 1]."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: Optional[DeviceLike] = None,
+                 dtype: Optional[torch.dtype] = None):
         super().__init__()
-        self.register_buffer('mean', torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer('std', torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        dd = {'device': device, 'dtype': dtype}
+        self.register_buffer('mean', torch.tensor(mean, **dd).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(std, **dd).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -46,7 +50,9 @@ class Normalize(nn.Module):
 class SampledClassifier(nn.Module):
     """Base of the zoo's classifiers: in eval mode ``forward`` averages L samples in one batch.
 
-    Subclasses implement timm's ``forward_features`` / ``forward_head``.
+    Subclasses implement timm's ``forward_features`` / ``forward_head``, take timm's factory
+    arguments ``device`` and ``dtype`` (every parameter and buffer is created there) and
+    define ``group_matcher``.
     """
 
     num_samples: int = 1
@@ -55,7 +61,8 @@ class SampledClassifier(nn.Module):
 
     def init_head(self, num_features: int, num_classes: int, global_pool: str,
                   pre_logits: Optional[nn.Module] = None, hidden: Optional[int] = None) -> None:
-        """timm's head: global pool -> optional pre-logits layer -> classifier ``fc``."""
+        """timm's head: global pool -> optional pre-logits layer -> classifier ``fc``, on the device
+        and in the dtype of the layers built before it."""
         self.num_features, self.head_hidden_size = num_features, hidden or num_features
         self.pre_logits = pre_logits or nn.Identity()
         self.reset_classifier(num_classes, global_pool)
@@ -64,10 +71,20 @@ class SampledClassifier(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A fresh classifier for ``num_classes`` (0: none) on the model's device and dtype, in its
+        train/eval mode; ``global_pool`` ('' for unpooled features) replaces the pooling if given."""
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
+        dd = get_device_dtype(self)
+        self.fc = nn.Linear(self.head_hidden_size, num_classes, **dd) if num_classes else nn.Identity()
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
+
+    def no_weight_decay(self) -> Set[str]:
+        """timm's optimizer factory exempts these from weight decay: the IBP's variational
+        parameters (keep-probability logits and stick posteriors), which the KL regularises."""
+        return {f'{name}.*' for name, m in self.named_modules() if isinstance(m, IBPMask)}
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)

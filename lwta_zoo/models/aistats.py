@@ -52,11 +52,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import get_device_dtype
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers.ibp import IBPConv2d, IBPLinear, IBPMask, format_keep_fraction, ibp_keep_fraction
 from ..sampling import sample_average
-from ._base import HF_ORG, Normalize, SampledClassifier, _check_input, build, cfg, make_act_layer
+from ._base import HF_ORG, DeviceLike, Normalize, SampledClassifier, _check_input, build, cfg, make_act_layer
 
 __all__ = ['EcocCNN', 'EcocDecoder', 'EcocEnsemble', 'METHODS', 'hadamard_code', 'keras_param_count']
 
@@ -85,13 +86,25 @@ def hadamard_code(num_classes: int = 10, length: int = 16, seed: int = 59) -> to
     return torch.from_numpy(H[:num_classes, rng.permutation(length)].copy())
 
 
-def make_code(code: str, num_classes: int, length: int = 16) -> torch.Tensor:
-    """The code matrix (classes x bits): 'onehot' = identity, 'hadamard' = ``hadamard_code``."""
+def code_bits(code: str, num_classes: int, length: int = 16) -> int:
+    """Bits of the code for ``num_classes``: one a class (one-hot), or the Hadamard ``length``
+    grown to the next power of 2 that has a row for every class (16 -> 64 for 42 classes)."""
     if code == 'onehot':
-        return torch.eye(num_classes)
+        return num_classes
     if code == 'hadamard':
-        return hadamard_code(num_classes, length)
+        return length if num_classes <= length else 1 << (num_classes - 1).bit_length()
     raise ValueError(f'code must be one of {CODES}, got {code!r}')
+
+
+def make_code(code: str, num_classes: int, length: int = 16) -> torch.Tensor:
+    """The code matrix (classes x ``code_bits`` bits): 'onehot' = identity, 'hadamard' = ``hadamard_code``.
+
+    Every ECOC network builds its code here, so more classes than ``length`` give every one of
+    them the longer Hadamard code of ``code_bits`` (and so more output bits), the same way.
+    """
+    bits = code_bits(code, num_classes, length)
+    # On the CPU whatever the default device (timm builds under torch.device('meta')): the decoder checks it.
+    return torch.eye(num_classes, device='cpu') if code == 'onehot' else hadamard_code(num_classes, bits)
 
 
 class EcocDecoder(nn.Module):
@@ -101,7 +114,8 @@ class EcocDecoder(nn.Module):
     code ``M`` (C x B) is a buffer rebuilt from the config, not saved in the state_dict.
     """
 
-    def __init__(self, code: torch.Tensor, output: str):
+    def __init__(self, code: torch.Tensor, output: str, device: Optional[DeviceLike] = None,
+                 dtype: Optional[torch.dtype] = None):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f'output activation must be one of {OUTPUTS}, got {output!r}')
@@ -110,7 +124,8 @@ class EcocDecoder(nn.Module):
         if output != 'tanh' and not bool(((code == 0) | (code == 1)).all()):
             raise ValueError(f'a {output} output needs a 0/1 code (e.g. one-hot)')
         self.output = output
-        self.register_buffer('code', code.float(), persistent=False)
+        self.register_buffer('code', code.to(device=device, dtype=dtype or torch.get_default_dtype()),
+                             persistent=False)
 
     def activate(self, raw: torch.Tensor) -> torch.Tensor:
         """The output activation on the code bits."""
@@ -141,7 +156,8 @@ class EcocDecoder(nn.Module):
 class _Layers:
     """Conv and dense blocks for one method: plain or IBP weights, ReLU / LWTA-max / LWTA."""
 
-    def __init__(self, method: str, U: int, lwta_args: Optional[Dict[str, Any]], ibp_args: Optional[Dict[str, Any]]):
+    def __init__(self, method: str, U: int, lwta_args: Optional[Dict[str, Any]], ibp_args: Optional[Dict[str, Any]],
+                 device=None, dtype=None):
         if method not in METHODS:
             raise ValueError(f'method must be one of {METHODS}, got {method!r}')
         self.lwta = method != 'relu'
@@ -153,6 +169,7 @@ class _Layers:
         self.ibp_args = ibp_args
         if ibp_args and not self.ibp:
             raise ValueError(f'ibp_args {ibp_args} given for method {method!r}, which has no IBP')
+        self.dd = {'device': device, 'dtype': dtype}
 
     def _U(self, units: int, act: bool, where: str) -> int:
         U = self.U if act else 1
@@ -164,14 +181,15 @@ class _Layers:
         """conv(k x k, 'same' padding) -> activation -> optional BatchNorm (Verma & Swami's order)."""
         U = self._U(cout, True, where)
         pad = k // 2 if k % 2 else 'same'
-        conv = (IBPConv2d(cin, cout, k, U=U, ibp_args=self.ibp_args, stride=stride, padding=pad) if self.ibp
-                else nn.Conv2d(cin, cout, k, stride=stride, padding=pad))
-        return nn.Sequential(conv, self.act_layer(), *([nn.BatchNorm2d(cout)] if bn else []))
+        conv = (IBPConv2d(cin, cout, k, U=U, ibp_args=self.ibp_args, stride=stride, padding=pad, **self.dd) if self.ibp
+                else nn.Conv2d(cin, cout, k, stride=stride, padding=pad, **self.dd))
+        return nn.Sequential(conv, self.act_layer(), *([nn.BatchNorm2d(cout, **self.dd)] if bn else []))
 
     def dense(self, cin: int, cout: int, act: bool = True, where: str = 'dense') -> nn.Module:
         """Linear (IBP over its connections when the method has IBP) -> optional activation."""
         U = self._U(cout, act, where)
-        lin = IBPLinear(cin, cout, U=U, ibp_args=self.ibp_args) if self.ibp else nn.Linear(cin, cout)
+        lin = (IBPLinear(cin, cout, U=U, ibp_args=self.ibp_args, **self.dd) if self.ibp
+               else nn.Linear(cin, cout, **self.dd))
         return nn.Sequential(lin, self.act_layer()) if act else lin
 
 
@@ -195,16 +213,33 @@ def _reduced(size: int, times: int = 3) -> int:
     return size
 
 
-class _EcocClassifier(SampledClassifier):
-    """What both ECOC networks share: input shift, decoder, L samples with a fresh IBP mask each."""
+POOLS = ('flatten', '')
+HEADLESS_CLASSES = 10  # the code (so the bit count) a model built with num_classes=0 keeps: the papers' 10 classes
 
-    def _init_common(self, num_classes: int, in_chans: int, code: str, code_length: int, output: str) -> None:
+
+class _EcocClassifier(SampledClassifier):
+    """What both ECOC networks share: input shift, code and head, L samples with a fresh IBP mask each.
+
+    ``num_classes`` picks the code (``make_code``: more classes than a Hadamard code's length get
+    the next power-of-2 length). ``num_classes=0`` builds the 10-class network without its
+    classifier: the model returns pre-logits. The head flattens the (C, H, W) features into
+    dense layers (``global_pool='flatten'``); with ``global_pool=''`` the model returns the
+    unpooled features instead, as timm's models do.
+    """
+
+    def _init_common(self, num_classes: int, in_chans: int, code: str, code_length: int, output: str,
+                     global_pool: str, layer_args: Tuple[Any, ...], dd: Dict[str, Any]) -> _Layers:
         self.in_chans = in_chans
-        self.normalize = Normalize((0.5,) * in_chans, (1.0,) * in_chans)  # Verma & Swami feed x - 0.5
-        self.decoder = EcocDecoder(make_code(code, num_classes, code_length), output)
-        self.num_classes = num_classes
+        self.code_kind, self.code_length, self.output = code, code_length, output
+        self.global_pool, self.num_classes = global_pool, num_classes
+        self._layer_args = layer_args  # (method, U, lwta_args, ibp_args): what a rebuilt head needs
+        self.normalize = Normalize((0.5,) * in_chans, (1.0,) * in_chans, **dd)  # Verma & Swami feed x - 0.5
+        self.decoder = EcocDecoder(make_code(code, num_classes or HEADLESS_CLASSES, code_length), output, **dd)
+        return _Layers(*layer_args, **dd)
 
     def _init_head_end(self) -> None:
+        self._check_bits(self.num_bits)
+        self.reset_classifier(self.num_classes, self.global_pool)
         self.has_ibp = any(isinstance(m, IBPMask) for m in self.modules())
 
     @property
@@ -215,18 +250,35 @@ class _EcocClassifier(SampledClassifier):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """0 makes the model return pre-logits; the code fixes any other class count."""
-        if num_classes not in (0, self.decoder.code.shape[0]):
-            raise NotImplementedError(
-                f'{type(self).__name__}: the output code fixes {self.decoder.code.shape[0]} classes; '
-                f'build a new model with num_classes={num_classes} instead')
-        self.num_classes = num_classes
+        """A fresh head for ``num_classes`` on the model's device and dtype, in its train/eval mode:
+        the code for that many classes and its classifier ``fc`` (none for 0: the model returns
+        pre-logits and keeps its code); ``global_pool`` 'flatten' or '' (see the class docstring)."""
+        global_pool = self.global_pool if global_pool is None else global_pool
+        if global_pool not in POOLS:
+            raise ValueError(f'{type(self).__name__}: global_pool must be one of {POOLS}, got {global_pool!r}')
+        dd = get_device_dtype(self)
+        if num_classes and num_classes != self.decoder.code.shape[0]:  # the code is a function of the count
+            decoder = EcocDecoder(make_code(self.code_kind, num_classes, self.code_length), self.output, **dd)
+            self._check_bits(decoder.code.shape[1])  # before anything changes
+            self.decoder = decoder
+        self.global_pool, self.num_classes = global_pool, num_classes
+        for module in (self.decoder, *self._build_head(bool(num_classes), _Layers(*self._layer_args, **dd))):
+            module.train(self.training)
+
+    def _check_bits(self, bits: int) -> None:
+        """Raise if the network cannot take a code of ``bits`` bits."""
+
+    def _build_head(self, classify: bool, layers: _Layers) -> List[nn.Module]:
+        """(Re)build what the code's bits need, ``fc`` if ``classify``; return the new modules."""
+        raise NotImplementedError
 
     def forward_code(self, x: torch.Tensor) -> torch.Tensor:
         """The raw code bits (N, B) of one draw, before output activation and decoding."""
         return self._code_bits(self._pre_logits(self.forward_features(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.global_pool:  # '': the unpooled features, as in timm
+            return x
         x = self._pre_logits(x)
         return x if pre_logits or not self.num_classes else self.decoder(self._code_bits(x))
 
@@ -261,19 +313,31 @@ class EcocCNN(_EcocClassifier):
         U: int = 2,
         lwta_args: Optional[Dict[str, Any]] = None,
         ibp_args: Optional[Dict[str, Any]] = None,
+        global_pool: str = 'flatten',
+        device: Optional[DeviceLike] = None,
+        dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
-        self._init_common(num_classes, in_chans, code, code_length, output)
-        layers = _Layers(method, U, lwta_args, ibp_args)
+        layers = self._init_common(num_classes, in_chans, code, code_length, output, global_pool,
+                                   (method, U, lwta_args, ibp_args), {'device': device, 'dtype': dtype})
         self.method, self.U = method, U
         blocks, chs = _stage_convs(layers, in_chans, filters, reps, [(batch_norm, False)] * 3, 'EcocCNN')
         self.features = nn.Sequential(*blocks)
+        self.feature_info = [dict(num_chs=f, reduction=2 ** (s + 1), module=f'features.{(s + 1) * (reps + 1) - 1}')
+                             for s, f in enumerate(filters)]  # each stage ends with a stride-2 conv
         flat = chs * _reduced(img_size[0]) * _reduced(img_size[1])
         self.hidden = nn.Sequential(layers.dense(flat, 128, where='dense 1'), layers.dense(128, 64, where='dense 2'),
                                     layers.dense(64, 64, act=False))
-        self.num_features = self.head_hidden_size = 64
-        self.fc = layers.dense(64, self.num_bits, act=False)
+        self.num_features, self.head_hidden_size = chs, 64
         self._init_head_end()
+
+    def _build_head(self, classify: bool, layers: _Layers) -> List[nn.Module]:
+        self.fc = layers.dense(64, self.num_bits, act=False) if classify else nn.Identity()
+        return [self.fc]
+
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups for timm's layer-wise optimizer settings: first conv, each conv, dense head."""
+        return dict(stem=r'^features\.0\.', blocks=[(r'^features\.(\d+)', None), (r'^hidden|^fc', (99999,))])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(self, x, self.in_chans)
@@ -288,7 +352,8 @@ class EcocCNN(_EcocClassifier):
 
 class _Branch(nn.Module):
     """One code bit of the ensemble: 3 stride-2 convs on the grayscale input, concatenation with
-    the trunk, two 2x2 convs, dense 16-8-4 and a linear 2-unit layer (the pre-logits)."""
+    the trunk, two 2x2 convs (``features``), then dense 16-8-4 and a linear 2-unit layer (``head``:
+    the pre-logits)."""
 
     def __init__(self, layers: _Layers, trunk_chs: int, f: int, flat: int, where: str):
         super().__init__()
@@ -298,8 +363,11 @@ class _Branch(nn.Module):
         self.dense = nn.Sequential(layers.dense(flat * f, 16, where=where), layers.dense(16, 8, where=where),
                                    layers.dense(8, 4, where=where), layers.dense(4, 2, act=False))
 
-    def forward(self, gray: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
-        return self.dense(self.merge(torch.cat((self.convs(gray), trunk), 1)).flatten(1))
+    def features(self, gray: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+        return self.merge(torch.cat((self.convs(gray), trunk), 1))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.dense(features.flatten(1))
 
 
 class EcocEnsemble(_EcocClassifier):
@@ -308,7 +376,10 @@ class EcocEnsemble(_EcocClassifier):
     LogisticEns10: 2 trunks x 5 bits of the one-hot code; their TanhEns16 / TanhEns64 are 4
     trunks over a 16- / 64-bit Hadamard code. MNIST: trunk filters (32, 32, 32), branch
     filters 4; CIFAR-10: (32, 64, 128) and 16, with BatchNorm after every trunk conv but the
-    last. ``forward_features`` returns the branches' 2-unit outputs side by side (N, 2B).
+    last. ``forward_features`` returns the branches' merged feature maps side by side
+    (N, B x branch filters, H, W), the pre-logits are their 2-unit outputs (N, 2B). The
+    branches belong to the code's bits: ``reset_classifier`` to another bit count rebuilds
+    them (the trunks keep their weights).
     """
 
     def __init__(
@@ -328,26 +399,45 @@ class EcocEnsemble(_EcocClassifier):
         U: int = 2,
         lwta_args: Optional[Dict[str, Any]] = None,
         ibp_args: Optional[Dict[str, Any]] = None,
+        global_pool: str = 'flatten',
+        device: Optional[DeviceLike] = None,
+        dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
         if in_chans not in (1, 3):
             raise ValueError(f'EcocEnsemble takes grayscale or RGB images, got in_chans={in_chans}')
-        self._init_common(num_classes, in_chans, code, code_length, output)
-        if chunks < 1 or self.num_bits % chunks:
-            raise ValueError(f'EcocEnsemble: {self.num_bits} code bits do not split into {chunks} chunks')
-        self.register_buffer('gray', torch.tensor(GRAY if in_chans == 3 else (1.0,)).view(1, -1, 1, 1),
-                             persistent=False)
-        layers = _Layers(method, U, lwta_args, ibp_args)
-        self.method, self.U, self.chunks = method, U, chunks
+        dd = {'device': device, 'dtype': dtype}
+        layers = self._init_common(num_classes, in_chans, code, code_length, output, global_pool,
+                                   (method, U, lwta_args, ibp_args), dd)
+        if chunks < 1:
+            raise ValueError(f'EcocEnsemble needs chunks >= 1, got {chunks}')
+        gray = GRAY if in_chans == 3 else (1.0,)
+        self.register_buffer('gray', torch.tensor(gray, **dd).view(1, -1, 1, 1), persistent=False)
+        self.method, self.U, self.chunks, self.branch_filters = method, U, chunks, branch_filters
         bn = [(batch_norm, batch_norm)] * 2 + [(batch_norm, False)]
         trunks = [_stage_convs(layers, in_chans, filters, reps, bn, f'EcocEnsemble trunk {c}') for c in range(chunks)]
         self.trunks = nn.ModuleList(nn.Sequential(*blocks) for blocks, _ in trunks)
-        flat = _reduced(img_size[0]) * _reduced(img_size[1])
-        self.branches = nn.ModuleList(_Branch(layers, trunks[0][1], branch_filters, flat, f'EcocEnsemble branch {b}')
-                                      for b in range(self.num_bits))
-        self.fc = nn.ModuleList(layers.dense(2, 1, act=False) for _ in range(self.num_bits))
-        self.num_features = self.head_hidden_size = 2 * self.num_bits
+        self._trunk_chs, self._flat = trunks[0][1], _reduced(img_size[0]) * _reduced(img_size[1])
+        self.branches = nn.ModuleList()
         self._init_head_end()
+
+    def _check_bits(self, bits: int) -> None:
+        if bits % self.chunks:
+            raise ValueError(f'EcocEnsemble: {bits} code bits do not split into {self.chunks} chunks')
+
+    def _build_head(self, classify: bool, layers: _Layers) -> List[nn.Module]:
+        bits, new = self.num_bits, []
+        if len(self.branches) != bits:
+            self.branches = nn.ModuleList(_Branch(layers, self._trunk_chs, self.branch_filters, self._flat,
+                                                  f'EcocEnsemble branch {b}') for b in range(bits))
+            self.num_features, self.head_hidden_size = self.branch_filters * bits, 2 * bits
+            new.append(self.branches)
+        self.fc = nn.ModuleList(layers.dense(2, 1, act=False) for _ in range(bits if classify else 0))
+        return new + [self.fc]
+
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups for timm's layer-wise optimizer settings: first convs, each trunk conv, branches."""
+        return dict(stem=r'^trunks\.\d+\.0\.', blocks=[(r'^trunks\.\d+\.(\d+)', None), (r'^branches|^fc', (99999,))])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(self, x, self.in_chans)
@@ -355,10 +445,10 @@ class EcocEnsemble(_EcocClassifier):
         gray = (x * self.gray).sum(1, keepdim=True)
         trunks = [t(x) for t in self.trunks]
         per_chunk = self.num_bits // self.chunks
-        return torch.cat([br(gray, trunks[b // per_chunk]) for b, br in enumerate(self.branches)], 1)
+        return torch.cat([br.features(gray, trunks[b // per_chunk]) for b, br in enumerate(self.branches)], 1)
 
     def _pre_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+        return torch.cat([br.head(f) for br, f in zip(self.branches, x.split(self.branch_filters, 1))], 1)
 
     def _code_bits(self, pre_logits: torch.Tensor) -> torch.Tensor:
         return torch.cat([fc(p) for fc, p in zip(self.fc, pre_logits.split(2, 1))], 1)
@@ -427,13 +517,19 @@ def _create(network: str, dataset: str, pretrained: bool, **kwargs) -> _EcocClas
             kwargs['pretrained_cfg_overlay'] = dict(tag=method_tag(kwargs['method'], kwargs['U']), hf_hub_id=None,
                                                     **(kwargs.get('pretrained_cfg_overlay') or {}))
     model_cls, arch = _arch_kwargs(network, dataset)
+    if model_cls is EcocEnsemble and kwargs.get('features_only'):
+        raise ValueError(f'{name} has no features_only mode: its trunks run side by side and feed a branch '
+                         "per code bit, there is no single feature pyramid (forward_features gives the branches' maps)")
+    # The stages' ends, hooked in a forward of the whole model (its first children are not a sequence).
+    kwargs.setdefault('feature_cfg', dict(out_indices=(0, 1, 2), feature_cls='hook'))
     return build(model_cls, name, pretrained, pretrained_cfg=tag, **{**arch, **kwargs})
 
 
 default_cfgs = generate_default_cfgs({
     f'aistats_{n}_{d}.{t}': cfg(hf_hub_id=f'{HF_ORG}/aistats_{n}_{d}.{t}', input_size=DATASETS[d]['input_size'],
                                 pool_size=(4, 4), fixed_input_size=True,
-                                first_conv='trunks.0.0.0' if 'chunks' in NETWORKS[n] else 'features.0.0')
+                                **(dict(first_conv='trunks.0.0.0', classifier=tuple(f'fc.{b}' for b in range(10)))
+                                   if 'chunks' in NETWORKS[n] else dict(first_conv='features.0.0')))
     for n in NETWORKS for d in DATASETS for t in TAGS + TRAINED.get(f'aistats_{n}_{d}', [])})
 
 

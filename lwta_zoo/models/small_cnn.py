@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._base import HF_ORG, SampledClassifier, _check_input, build, cfg, make_act_layer
+from ._base import HF_ORG, DeviceLike, SampledClassifier, _check_input, build, cfg, make_act_layer
 
 __all__ = ['SmallCNN']
 
@@ -27,20 +27,27 @@ class SmallCNN(SampledClassifier):
         hidden: int = 256,
         act: str = 'relu',
         lwta_args: Optional[Dict[str, Any]] = None,
+        device: Optional[DeviceLike] = None,
+        dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         act_layer = make_act_layer(act, lwta_args)
         self.num_classes, self.in_chans = num_classes, in_chans
 
         def conv(i: int, o: int) -> list:
-            return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), act_layer(inplace=True)]
+            return [nn.Conv2d(i, o, 3, padding=1, bias=False, **dd), nn.BatchNorm2d(o, **dd), act_layer(inplace=True)]
 
         self.conv1 = nn.Sequential(*conv(in_chans, 32))
         self.conv2 = nn.Sequential(*conv(32, 64), nn.MaxPool2d(2))
         self.conv3 = nn.Sequential(*conv(64, 128), nn.MaxPool2d(2))
         self.feature_info = [dict(num_chs=c, reduction=r, module=m) for c, r, m in (
             (32, 1, 'conv1'), (64, 2, 'conv2'), (128, 4, 'conv3'))]
-        self.init_head(128, num_classes, global_pool, nn.Sequential(nn.Linear(128, hidden), act_layer()), hidden)
+        self.init_head(128, num_classes, global_pool, nn.Sequential(nn.Linear(128, hidden, **dd), act_layer()), hidden)
+
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups for timm's layer-wise optimizer settings: stem, conv layers, dense head."""
+        return dict(stem=r'^conv1', blocks=[(r'^conv(\d+)', None), (r'^pre_logits', (99999,))])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(self, x, self.in_chans)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._base import HF_ORG, Normalize, SampledClassifier, _check_input, build, cfg, make_act_layer
+from ._base import HF_ORG, DeviceLike, Normalize, SampledClassifier, _check_input, build, cfg, make_act_layer
 
 __all__ = ['VGGCifar']
 
@@ -33,11 +33,14 @@ class VGGCifar(SampledClassifier):
         lwta_args: Optional[Dict[str, Any]] = None,
         mean: Tuple[float, ...] = CIFAR10_MEAN,
         std: Tuple[float, ...] = CIFAR10_STD,
+        device: Optional[DeviceLike] = None,
+        dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         act_layer = make_act_layer(act, lwta_args)
         self.num_classes, self.in_chans = num_classes, in_chans
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize(mean, std, **dd)
         feats, chs, self.feature_info, reduction = [], in_chans, [], 1
         for v in layers:
             if v == 'M':
@@ -45,10 +48,14 @@ class VGGCifar(SampledClassifier):
                 reduction *= 2
                 self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f'features.{len(feats) - 1}'))
             else:
-                feats += [nn.Conv2d(chs, v, 3, padding=1), nn.BatchNorm2d(v), act_layer(inplace=True)]
+                feats += [nn.Conv2d(chs, v, 3, padding=1, **dd), nn.BatchNorm2d(v, **dd), act_layer(inplace=True)]
                 chs = v
         self.features = nn.Sequential(*feats)
         self.init_head(chs, num_classes, global_pool)
+
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups for timm's layer-wise optimizer settings: the first conv, then each layer."""
+        return dict(stem=r'^features\.0\.', blocks=r'^features\.(\d+)')
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(self, x, self.in_chans)

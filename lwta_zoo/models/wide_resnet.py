@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._base import HF_ORG, SampledClassifier, _check_input, build, cfg, make_act_layer
+from ._base import HF_ORG, DeviceLike, SampledClassifier, _check_input, build, cfg, make_act_layer
 
 __all__ = ['WideResNet']
 
@@ -21,16 +21,17 @@ __all__ = ['WideResNet']
 class BasicBlock(nn.Module):
     """Pre-activation block: bn1-act-conv1-bn2-act-conv2, plus a 1x1 shortcut on a shape change."""
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int, act_layer):
+    def __init__(self, in_chs: int, out_chs: int, stride: int, act_layer, device=None, dtype=None):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_chs)
+        dd = {'device': device, 'dtype': dtype}
+        self.bn1 = nn.BatchNorm2d(in_chs, **dd)
         self.relu1 = act_layer(inplace=True)
-        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride, 1, bias=False, **dd)
+        self.bn2 = nn.BatchNorm2d(out_chs, **dd)
         self.relu2 = act_layer(inplace=True)
-        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, 1, 1, bias=False, **dd)
         self.equal_in_out = in_chs == out_chs and stride == 1
-        self.convShortcut = None if self.equal_in_out else nn.Conv2d(in_chs, out_chs, 1, stride, 0, bias=False)
+        self.convShortcut = None if self.equal_in_out else nn.Conv2d(in_chs, out_chs, 1, stride, 0, bias=False, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.relu1(self.bn1(x))
@@ -40,10 +41,10 @@ class BasicBlock(nn.Module):
 
 
 class NetworkBlock(nn.Module):
-    def __init__(self, depth: int, in_chs: int, out_chs: int, stride: int, act_layer):
+    def __init__(self, depth: int, in_chs: int, out_chs: int, stride: int, act_layer, device=None, dtype=None):
         super().__init__()
         self.layer = nn.Sequential(*[
-            BasicBlock(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1, act_layer)
+            BasicBlock(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1, act_layer, device, dtype)
             for i in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,19 +63,22 @@ class WideResNet(SampledClassifier):
         global_pool: str = 'avg',
         act: str = 'relu',
         lwta_args: Optional[Dict[str, Any]] = None,
+        device: Optional[DeviceLike] = None,
+        dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         if (depth - 4) % 6:
             raise ValueError(f'WideResNet depth must be 6n+4, got {depth}')
         n = (depth - 4) // 6
         act_layer = make_act_layer(act, lwta_args)
         chs = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.num_classes, self.in_chans = num_classes, in_chans
-        self.conv1 = nn.Conv2d(in_chans, chs[0], 3, 1, 1, bias=False)
-        self.block1 = NetworkBlock(n, chs[0], chs[1], 1, act_layer)
-        self.block2 = NetworkBlock(n, chs[1], chs[2], 2, act_layer)
-        self.block3 = NetworkBlock(n, chs[2], chs[3], 2, act_layer)
-        self.bn1 = nn.BatchNorm2d(chs[3])
+        self.conv1 = nn.Conv2d(in_chans, chs[0], 3, 1, 1, bias=False, **dd)
+        self.block1 = NetworkBlock(n, chs[0], chs[1], 1, act_layer, **dd)
+        self.block2 = NetworkBlock(n, chs[1], chs[2], 2, act_layer, **dd)
+        self.block3 = NetworkBlock(n, chs[2], chs[3], 2, act_layer, **dd)
+        self.bn1 = nn.BatchNorm2d(chs[3], **dd)
         self.relu = act_layer(inplace=True)
         self.init_head(chs[3], num_classes, global_pool)
         self.feature_info = [dict(num_chs=c, reduction=r, module=m) for c, r, m in zip(
@@ -87,6 +91,11 @@ class WideResNet(SampledClassifier):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
+
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups for timm's layer-wise optimizer settings: stem, then each block (or stage)."""
+        return dict(stem=r'^conv1', blocks=[(r'^block(\d+)' if coarse else r'^block(\d+)\.layer\.(\d+)', None),
+                                            (r'^bn1', (99999,))])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(self, x, self.in_chans)
