@@ -338,3 +338,111 @@ def test_saturated_blocks_stay_finite(tau, U, hard):
     assert math.isclose(kl.item(), 2 * math.log(U), rel_tol=1e-5)
     assert torch.autograd.grad(y.sum() + kl, x)[0].isfinite().all()
     assert torch.equal(lwta_fast.sample(x.detach(), U=U), expected)
+
+
+def _layouts(x: torch.Tensor):
+    """x as contiguous NCHW and (4-d inputs) as channels_last."""
+    yield x.contiguous()
+    if x.dim() == 4:
+        yield x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('U', [2, 3, 4])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_channels_last_inputs_draw_the_same_sample_and_keep_their_layout(U, dtype):
+    # the noise is keyed by (position, block, unit), not by memory order: a seed gives the same sample
+    x = (torch.randn(3, 12 * 4, 9, 11) * 2).to(dtype)  # 13 draws of 8 blocks a position for U=3 (one partial)
+    w = torch.randn(x.shape).to(dtype)
+    results = []
+    for xl in _layouts(x):
+        xl.requires_grad_(True)
+        y = lwta_fast.sample(xl, seed=21, U=U)
+        (g_sample,) = torch.autograd.grad((y * w).sum(), xl)
+        yr, kl = lwta_fast.relaxed(xl, 0.67, want_kl=True, seed=21, U=U)
+        (g_relaxed,) = torch.autograd.grad((yr * w).sum() + kl, xl)
+        for t in (y, g_sample, yr, g_relaxed):
+            assert t.stride() == xl.stride() and t.dtype == dtype
+        results.append((y, g_sample, yr, kl, g_relaxed))
+    (y0, gs0, yr0, kl0, gr0), (y1, gs1, yr1, kl1, gr1) = results
+    # exact samples decide alike but where exp rounds differently at a threshold (vector and scalar code)
+    assert (y0 != y1).float().mean() <= 1e-4 and (gs0 != gs1).float().mean() <= 1e-4
+    tol = 1e-5 if dtype == torch.float32 else 2 ** -7
+    assert torch.allclose(yr0.float(), yr1.float(), rtol=tol, atol=tol)
+    assert torch.allclose(kl0, kl1, rtol=1e-5)
+    assert torch.allclose(gr0.float(), gr1.float(), rtol=10 * tol, atol=10 * tol)
+
+
+@pytest.mark.parametrize('U', [2, 4])
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('hard', [False, True])
+def test_bfloat16_inputs_match_the_float32_computation_on_their_values(shape, U, hard):
+    # the kernels compute in float32 from bfloat16 values and round once on output: the exact sample
+    # passes the input's values; relaxed outputs and gradients agree at bfloat16 resolution
+    for xb in _layouts((torch.randn(shape) * 2).bfloat16()):
+        w = torch.randn(shape).bfloat16()
+        xf = xb.float().requires_grad_(True)
+        xb.requires_grad_(True)
+        y = lwta_fast.sample(xb, seed=8, U=U)
+        assert y.dtype == torch.bfloat16
+        assert (y.float() != lwta_fast.sample(xf.detach(), seed=8, U=U)).float().mean() <= 1e-4
+        yb, klb = lwta_fast.relaxed(xb, 0.67, want_kl=True, seed=8, U=U, hard=hard)
+        yf, klf = lwta_fast.relaxed(xf, 0.67, want_kl=True, seed=8, U=U, hard=hard)
+        (gb,) = torch.autograd.grad((yb * w).sum() + klb, xb)
+        (gf,) = torch.autograd.grad((yf * w.float()).sum() + klf, xf)
+        assert yb.dtype == gb.dtype == torch.bfloat16 and klb.dtype == torch.float32
+        assert torch.allclose(yb.float(), yf, rtol=2 ** -8, atol=1e-6)  # one rounding: half a step
+        assert torch.allclose(klb, klf, rtol=1e-5)
+        # the backward recovers the input from the rounded y: a few steps of bfloat16
+        assert torch.allclose(gb.float(), gf, rtol=3 * 2 ** -7, atol=3 * 2 ** -7)
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_under_bfloat16_autocast_lwta_takes_the_fused_path_and_returns_what_relu_returns(training, monkeypatch):
+    # autocast runs the convolution in bfloat16; ReLU then returns bfloat16 (it keeps its input's dtype),
+    # and so does LWTA, on the fused kernels, in the input's memory format
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    calls = []
+    monkeypatch.setattr(lwta_fast, 'supports', lambda t, U=2, f=lwta_fast.supports: calls.append(f(t, U)) or f(t, U))
+    layer = LWTA().train(training)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        h = conv(x)
+        relu_out, lwta_out = torch.relu(h), layer(h)
+    assert calls == [True] and lwta_out.dtype == relu_out.dtype == torch.bfloat16
+    assert lwta_out.stride() == h.stride()
+    lwta_out.float().sum().backward()
+    assert conv.weight.grad.dtype == torch.float32 and conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('U', [2, 4])
+@pytest.mark.parametrize('shape', [(0, 8, 5, 7), (0, 8), (3, 0, 5, 5)])
+def test_empty_inputs_give_empty_outputs_and_gradients(shape, U):
+    for x in _layouts(torch.randn(shape)):
+        xg = x.clone().requires_grad_(True)
+        for training in (False, True):
+            y = LWTA(U=U).train(training)(xg)
+            (grad,) = torch.autograd.grad(y.sum(), xg)
+            assert y.shape == grad.shape == x.shape
+        y, kl = lwta_fast.relaxed(xg, 0.67, want_kl=True, U=U)
+        (grad,) = torch.autograd.grad(y.sum() + kl.nan_to_num(), xg)
+        assert grad.shape == x.shape
+        assert lwta_fast.sample_(x.clone(), U=U).shape == x.shape
+
+
+@pytest.mark.parametrize('U', [2, 4])
+def test_winner_frequencies_match_softmax_at_the_noise_resolution(U):
+    """16-bit uniforms resolve winner probabilities to 2^-16: for U=2 unit a wins with the multiple
+    of 2^-16 nearest sigmoid(a - b) (u = (k + 0.5) / 2^16 < sigmoid(d) for that many k of 2^16); for
+    general U each Gumbel takes 2^16 equiprobable values. 2^21 blocks a row of probabilities down to
+    about 1e-3: every frequency within 5 standard errors of softmax (a bias of 2^-16 is far below one)."""
+    logits = torch.tensor([0.2, -1.0, -3.0, -7.0, 2.5, 0.3, -5.0, 1.0])[: 2 * U]  # no zeros: _winner divides
+    x = logits.repeat(2 ** 21 // 2 * U // len(logits), 1).view(-1, len(logits))  # 2^21 blocks
+    p = _units(logits[None], U).softmax(2)[0].double()  # (blocks a row, U)
+    freq = _one_hot(_winner(lwta_fast.sample(x, seed=77, U=U), x, U), U).double().mean(0)
+    se = (p * (1 - p) / x.shape[0]).sqrt()
+    assert ((freq - p).abs() <= 5 * se + 2 ** -16).all(), (freq, p)
+    if U == 2:  # the resolution itself, from the definition: at most half a step from sigmoid(d)
+        d = torch.linspace(-12, 12, 100_001, dtype=torch.float64)
+        uniforms = (torch.arange(2 ** 16, dtype=torch.float64) + 0.5) / 2 ** 16  # every value, once
+        resolved = torch.searchsorted(uniforms, torch.sigmoid(d)) / 2 ** 16  # the share of u < sigmoid(d)
+        assert (resolved - torch.sigmoid(d)).abs().max() <= 2 ** -17

@@ -35,7 +35,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#define TQ 32        /* positions a tile */
+#define TQ 64        /* positions a tile */
 #define TB (8 * TQ)  /* blocks a tile */
 #define MAX_U 16     /* the general-U kernels keep a few MAX_U x TB float arrays on the stack */
 #define AI static inline __attribute__((always_inline))
@@ -129,14 +129,44 @@ AI void scatter(const float *restrict buf, void *t, const geo_t *g, const tile_t
 
 /* ---- noise --------------------------------------------------------------------------- */
 
-/* u[r*Q + i]: the uniform of unit k of the tile's block o = r*Q + i (see the header). The
- * TQ generators run side by side, one round at a time, in arrays the compiler vectorises. */
-static void fill(float *restrict u, uint64_t seed, const tile_t *tl, uint32_t k) {
-    uint32_t w[4][TQ];
-    for (int i = 0; i < TQ; i++) {
-        const uint64_t q = (uint64_t)tl->q0 + (uint64_t)i;
-        w[0][i] = (uint32_t)q, w[1][i] = (uint32_t)(q >> 32), w[2][i] = (uint32_t)tl->g8, w[3][i] = k;
+/* Philox4x32-10 of the TQ counters (w[0][i], w[1][i], w[2][i], w[3][i]) with key seed, in
+ * place. With AVX-512 in hand-written vectors (sixteen generators a register), elsewhere in
+ * plain arrays that the compiler may vectorise; both give the same words. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* High and low 32 bits of the sixteen 32x32-bit products a_i * m_i. */
+static inline void mulhilo16(__m512i a, __m512i m, __m512i *hi, __m512i *lo) {
+    const __m512i even = _mm512_mul_epu32(a, m), odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+    *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+    *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+
+static void philox(uint32_t w[4][TQ], uint64_t seed) {
+    const __m512i m0 = _mm512_set1_epi32((int)PHILOX_M0), m1 = _mm512_set1_epi32((int)PHILOX_M1);
+    __m512i v[4][TQ / 16];
+    for (int l = 0; l < 4; l++)
+        for (int j = 0; j < TQ / 16; j++) v[l][j] = _mm512_loadu_si512(w[l] + 16 * j);
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int round = 0; round < 10; round++) {
+        const __m512i key0 = _mm512_set1_epi32((int)k0), key1 = _mm512_set1_epi32((int)k1);
+        for (int j = 0; j < TQ / 16; j++) {
+            __m512i hi0, lo0, hi1, lo1;
+            mulhilo16(v[0][j], m0, &hi0, &lo0);
+            mulhilo16(v[2][j], m1, &hi1, &lo1);
+            v[0][j] = _mm512_xor_si512(_mm512_xor_si512(hi1, v[1][j]), key0);
+            v[2][j] = _mm512_xor_si512(_mm512_xor_si512(hi0, v[3][j]), key1);
+            v[1][j] = lo1;
+            v[3][j] = lo0;
+        }
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
     }
+    for (int l = 0; l < 4; l++)
+        for (int j = 0; j < TQ / 16; j++) _mm512_storeu_si512(w[l] + 16 * j, v[l][j]);
+}
+#else
+static void philox(uint32_t w[4][TQ], uint64_t seed) {
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
     for (int round = 0; round < 10; round++) {
         for (int i = 0; i < TQ; i++) {
@@ -146,6 +176,24 @@ static void fill(float *restrict u, uint64_t seed, const tile_t *tl, uint32_t k)
         }
         k0 += PHILOX_W0;
         k1 += PHILOX_W1;
+    }
+}
+#endif
+
+/* The uniforms of unit k of the tile's blocks (see the header): block (r, i) at u[r*Q + i], or
+ * with `by_position` at u[i*8 + r] (the order of a channels_last tile in memory). */
+static void fill(float *restrict u, uint64_t seed, const tile_t *tl, uint32_t k, int by_position) {
+    uint32_t w[4][TQ];
+    for (int i = 0; i < TQ; i++) {
+        const uint64_t q = (uint64_t)tl->q0 + (uint64_t)i;
+        w[0][i] = (uint32_t)q, w[1][i] = (uint32_t)(q >> 32), w[2][i] = (uint32_t)tl->g8, w[3][i] = k;
+    }
+    philox(w, seed);
+    if (by_position) { /* half-word r of position i: the words' halves in memory order */
+        const uint16_t *half = (const uint16_t *)w;
+        for (int i = 0; i < tl->Q; i++)
+            for (int r = 0; r < 8; r++) u[i * 8 + r] = ((float)half[((r >> 1) * TQ + i) * 2 + (r & 1)] + 0.5f) * (1.0f / 65536.0f);
+        return;
     }
     for (int r = 0; r < tl->rows; r++) {
         const uint32_t *restrict word = w[r >> 1];
@@ -159,7 +207,7 @@ static void fill(float *restrict u, uint64_t seed, const tile_t *tl, uint32_t k)
 static void gumbel(float *g, int64_t U, uint64_t seed, const tile_t *tl, int n) {
     for (int64_t k = 0; k < U; k++) {
         float *restrict gk = g + k * TB;
-        fill(gk, seed, tl, (uint32_t)k);
+        fill(gk, seed, tl, (uint32_t)k, 0);
         for (int o = 0; o < n; o++) gk[o] = -logf(-logf(gk[o]));
     }
 }
@@ -186,19 +234,6 @@ static void scores(const float *restrict a, float *restrict z, float *restrict m
         }
 }
 
-/* The winner of each block: U=2 by its uniform (a wins iff u < sigmoid(a - b), written
- * without a division), general U by the largest h_k + g_k. e is scratch (the noise). */
-static void winners(const float *restrict h, float *restrict e, uint8_t *restrict arg, int64_t U, uint64_t seed,
-                    const tile_t *tl, int n) {
-    if (U == 2) {
-        fill(e, seed, tl, 0);
-        for (int o = 0; o < n; o++) arg[o] = !(e[o] * (1.0f + exp_(h[TB + o] - h[o])) < 1.0f);
-    } else {
-        float m[TB];
-        gumbel(e, U, seed, tl, n);
-        scores(h, e, m, arg, U, n, 1.0f);
-    }
-}
 
 /* In place h_k = 0 unless k = arg: the winner keeps its response. */
 static void keep_winner(float *restrict h, const uint8_t *restrict arg, int64_t U, int n) {
@@ -208,22 +243,10 @@ static void keep_winner(float *restrict h, const uint8_t *restrict arg, int64_t 
     }
 }
 
-/* Relaxed weights s_k = softmax_k((d_k + noise_k) / tau) of each block from d_k = h_k - h_{U-1}
- * (d_{U-1} = 0), written over d's place in s, and arg = argmax_k s_k. U=2: s_0 = sigmoid((d_0
- * + logit u) / tau), arg = [d_0 + logit u <= 0]. */
+/* Relaxed weights s_k = softmax_k((d_k + g_k) / tau) of each block from d_k = h_k - h_{U-1}
+ * (d_{U-1} = 0), and arg = argmax_k s_k. */
 static void relaxed_weights(const float *restrict d, float *restrict s, uint8_t *restrict arg, int64_t U,
                             uint64_t seed, const tile_t *tl, int n, float inv_tau) {
-    if (U == 2) {
-        fill(s, seed, tl, 0);
-        for (int o = 0; o < n; o++) {
-            const float v = d[o] + logf(s[o] / (1.0f - s[o]));
-            const float w = sigmoidf_(v * inv_tau);
-            arg[o] = !(v > 0.0f);
-            s[o] = w;
-            s[TB + o] = 1.0f - w;
-        }
-        return;
-    }
     float m[TB], sum[TB];
     gumbel(s, U, seed, tl, n);
     scores(d, s, m, arg, U, n, inv_tau);
@@ -235,21 +258,9 @@ static void relaxed_weights(const float *restrict d, float *restrict s, uint8_t 
         for (int o = 0; o < n; o++) s[k * TB + o] *= sum[o];
 }
 
-/* Sum over n blocks of KL[softmax(h) || uniform] = sum_k q_k (h_k - m) - log sum_k e^(h_k - m) + log U.
- * U=2 in terms of d = a - b: log 2 + s0*d - softplus(d), s0 = sigmoid(d), written with e = exp(-|d|)
- * against cancellation at large |d|; log(1 + e) rather than log1p(e) (a quarter faster here): they
- * differ only for e < 2^-24, below float resolution of a block's KL (~log 2). */
+/* Sum over n blocks of KL[softmax(h) || uniform] = sum_k q_k (h_k - m) - log sum_k e^(h_k - m) + log U. */
 static float kl_sum(const float *restrict h, int64_t U, int n) {
-    float acc = 0.0f;
-    if (U == 2) {
-        const float log2 = 0.69314718f;
-        for (int o = 0; o < n; o++) {
-            const float di = fabsf(h[o] - h[TB + o]), e = expf(-di);
-            acc += log2 - e / (1.0f + e) * di - logf(1.0f + e);
-        }
-        return acc;
-    }
-    float m[TB], se[TB], sh[TB];
+    float acc = 0.0f, m[TB], se[TB], sh[TB];
     for (int o = 0; o < n; o++) m[o] = h[o], se[o] = sh[o] = 0.0f;
     for (int64_t k = 1; k < U; k++)
         for (int o = 0; o < n; o++) m[o] = fmaxf(m[o], h[k * TB + o]);
@@ -264,17 +275,137 @@ static float kl_sum(const float *restrict h, int64_t U, int n) {
     return acc;
 }
 
+/* ---- U = 2: straight from memory, one uniform a block -------------------------------- */
+
+/* Run BODY for every block of the tile in memory order, with oa, ob the offsets of its units a
+ * and b, oj its offset in a tensor of one unit a block (idx, d), ou its uniform's index in
+ * fill(u, ..., nhwc)'s order. Blocks are visited once each, so BODY may read and write them in
+ * place (ivdep). */
+#define FOR_PAIRS(g, tl, nhwc, ...)                                                         \
+    if (nhwc) {                                                                             \
+        for (int i = 0; i < (tl).Q; i++) {                                                  \
+            const int64_t oj0 = ((tl).q0 + i) * (g)->G + (tl).g8 * 8;                       \
+            _Pragma("GCC ivdep") for (int r = 0; r < (tl).rows; r++) {                      \
+                const int64_t oj = oj0 + r, oa = 2 * oj, ob = oa + 1;                       \
+                const int ou = i * 8 + r;                                                   \
+                __VA_ARGS__                                                                        \
+            }                                                                               \
+        }                                                                                   \
+    } else {                                                                                \
+        for (int r = 0; r < (tl).rows; r++) {                                               \
+            const int64_t row = (tl).n * (g)->G + (tl).g8 * 8 + r;                          \
+            const int64_t oj0 = row * (g)->S + (tl).p0, oa0 = 2 * row * (g)->S + (tl).p0;   \
+            _Pragma("GCC ivdep") for (int i = 0; i < (tl).Q; i++) {                         \
+                const int64_t oj = oj0 + i, oa = oa0 + i, ob = oa + (g)->S;                 \
+                const int ou = r * (tl).Q + i;                                              \
+                __VA_ARGS__                                                                        \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+/* Exact sample of pairs: a wins iff u < sigmoid(a - b), written without a division. */
+AI void sample2_run(const void *x, void *y, uint8_t *idx, const geo_t *g, const tile_t *tl, const float *u,
+                    int save, int nhwc, int bf16) {
+    FOR_PAIRS(g, *tl, nhwc, {
+        const float a = ld(x, oa, bf16), b = ld(x, ob, bf16);
+        const int win = u[ou] * (1.0f + exp_(b - a)) < 1.0f;
+        st(y, oa, win ? a : 0.0f, bf16);
+        st(y, ob, win ? 0.0f : b, bf16);
+        if (save) idx[oj] = (uint8_t)!win;
+    })
+}
+
+AI void sample2_tile(const void *x, void *y, uint8_t *idx, const geo_t *g, const tile_t *tl, uint64_t seed, int nhwc,
+                     int bf16) {
+    float u[TB];
+    fill(u, seed, tl, 0, nhwc);
+    if (idx) sample2_run(x, y, idx, g, tl, u, 1, nhwc, bf16); /* flags as literals: loops without branches */
+    else sample2_run(x, y, idx, g, tl, u, 0, nhwc, bf16);
+}
+
+AI void sample2_backward_tile(const void *gy, const uint8_t *idx, void *gx, const geo_t *g, const tile_t *tl,
+                              int nhwc, int bf16) {
+    FOR_PAIRS(g, *tl, nhwc, {
+        const float ga = ld(gy, oa, bf16), gb = ld(gy, ob, bf16);
+        const uint8_t second = idx[oj];
+        st(gx, oa, second == 0 ? ga : 0.0f, bf16);
+        st(gx, ob, second == 0 ? 0.0f : gb, bf16);
+        (void)ou;
+    })
+}
+
+/* Concrete relaxation of pairs: y = (a*w, b*(1-w)), w = sigmoid((d + logit u) / tau), d = a - b,
+ * or with `hard` w = [d + logit u > 0]; d saved (if not NULL). Returns the tile's summed KL of
+ * softmax(a, b) to the uniform prior if want_kl: log 2 + s0*d - softplus(d), s0 = sigmoid(d),
+ * written with e = exp(-|d|) against cancellation at large |d|; log(1 + e) rather than
+ * log1p(e) (a quarter faster here): they differ only for e < 2^-24, below float resolution of
+ * a block's KL (~log 2). */
+AI float relaxed2_run(const void *x, void *y, float *d, const geo_t *g, const tile_t *tl, const float *u,
+                      float inv_tau, int hard, int want_kl, int save, int nhwc, int bf16) {
+    float acc = 0.0f;
+    const float log2 = 0.69314718f;
+    FOR_PAIRS(g, *tl, nhwc, {
+        const float a = ld(x, oa, bf16), b = ld(x, ob, bf16), di = a - b;
+        const float v = di + logf(u[ou] / (1.0f - u[ou]));
+        const float w = hard ? (float)(v > 0.0f) : sigmoidf_(v * inv_tau);
+        st(y, oa, a * w, bf16);
+        st(y, ob, b * (1.0f - w), bf16);
+        if (save) d[oj] = di;
+    })
+    if (want_kl) /* a loop of its own, so that y's loop is the same code with and without it */
+        FOR_PAIRS(g, *tl, nhwc, {
+            const float di = fabsf(ld(x, oa, bf16) - ld(x, ob, bf16)), e = expf(-di);
+            acc += log2 - e / (1.0f + e) * di - logf(1.0f + e);
+            (void)oj, (void)ou;
+        })
+    return acc;
+}
+
+AI float relaxed2_tile(const void *x, void *y, float *d, const geo_t *g, const tile_t *tl, uint64_t seed,
+                       float inv_tau, int hard, int want_kl, int nhwc, int bf16) {
+    float u[TB];
+    fill(u, seed, tl, 0, nhwc);
+    /* the flags as literals: loops without branches */
+#define RELAXED2(HARD, KL) (d ? relaxed2_run(x, y, d, g, tl, u, inv_tau, HARD, KL, 1, nhwc, bf16) \
+                              : relaxed2_run(x, y, d, g, tl, u, inv_tau, HARD, KL, 0, nhwc, bf16))
+    return hard ? (want_kl ? RELAXED2(1, 1) : RELAXED2(1, 0)) : (want_kl ? RELAXED2(0, 1) : RELAXED2(0, 0));
+#undef RELAXED2
+}
+
+/* Backward of relaxed2_tile from y and d: b = y_a + y_b - d*w, a = b + d. */
+AI void relaxed2_backward_tile(const void *gy, const void *y, const float *d, void *gx, const geo_t *g,
+                               const tile_t *tl, uint64_t seed, float inv_tau, int hard, float kl_scale, int nhwc,
+                               int bf16) {
+    float u[TB];
+    fill(u, seed, tl, 0, nhwc);
+    FOR_PAIRS(g, *tl, nhwc, {
+        const float di = d[oj], v = di + logf(u[ou] / (1.0f - u[ou])); /* as in the forward */
+        const float s = sigmoidf_(v * inv_tau), w = hard ? (float)(v > 0.0f) : s;
+        const float ga = ld(gy, oa, bf16), gb = ld(gy, ob, bf16);
+        const float b = ld(y, oa, bf16) + ld(y, ob, bf16) - di * w, a = b + di;
+        const float s0 = sigmoidf_(di);
+        const float t = (ga * a - gb * b) * s * (1.0f - s) * inv_tau + kl_scale * di * s0 * (1.0f - s0);
+        st(gx, oa, ga * w + t, bf16);
+        st(gx, ob, gb * (1.0f - w) - t, bf16);
+    })
+}
+
 /* ---- the kernels, one tile at a time -------------------------------------------------- */
 
 /* Exact sample: y gets the winners' responses (y may be x), idx (may be NULL) their units. */
 AI void sample_tile(const void *x, void *y, uint8_t *idx, const geo_t *g, int64_t t, uint64_t seed, int nhwc,
                     int bf16) {
-    float h[MAX_U * TB], e[MAX_U * TB];
-    uint8_t arg[TB];
     const tile_t tl = tile_of(g, t, nhwc);
+    if (g->U == 2) {
+        sample2_tile(x, y, idx, g, &tl, seed, nhwc, bf16);
+        return;
+    }
+    float h[MAX_U * TB], e[MAX_U * TB], m[TB];
+    uint8_t arg[TB];
     const int n = tl.rows * tl.Q;
     gather(x, h, g, &tl, g->U, bf16, nhwc);
-    winners(h, e, arg, g->U, seed, &tl, n);
+    gumbel(e, g->U, seed, &tl, n);
+    scores(h, e, m, arg, g->U, n, 1.0f);
     keep_winner(h, arg, g->U, n);
     scatter(h, y, g, &tl, g->U, bf16, nhwc);
     if (idx) {
@@ -289,9 +420,13 @@ AI void sample_tile(const void *x, void *y, uint8_t *idx, const geo_t *g, int64_
 /* Backward of the exact sample: the gradient goes to the winner. */
 AI void sample_backward_tile(const void *gy, const uint8_t *idx, void *gx, const geo_t *g, int64_t t, int nhwc,
                              int bf16) {
+    const tile_t tl = tile_of(g, t, nhwc);
+    if (g->U == 2) {
+        sample2_backward_tile(gy, idx, gx, g, &tl, nhwc, bf16);
+        return;
+    }
     float h[MAX_U * TB];
     uint8_t arg[TB];
-    const tile_t tl = tile_of(g, t, nhwc);
     const int64_t ps = pstride(g, 1, nhwc);
     for (int r = 0; r < tl.rows; r++) {
         const int64_t o = at(g, &tl, 1, r, 0, nhwc);
@@ -306,10 +441,11 @@ AI void sample_backward_tile(const void *gy, const uint8_t *idx, void *gx, const
  * returns the tile's summed KL (0 unless want_kl). */
 AI float relaxed_tile(const void *x, void *y, float *d, const geo_t *g, int64_t t, uint64_t seed, float inv_tau,
                       int hard, int want_kl, int nhwc, int bf16) {
+    const tile_t tl = tile_of(g, t, nhwc);
+    if (g->U == 2) return relaxed2_tile(x, y, d, g, &tl, seed, inv_tau, hard, want_kl, nhwc, bf16);
     float h[MAX_U * TB], dv[MAX_U * TB], w[MAX_U * TB];
     uint8_t arg[TB];
     const int64_t U = g->U;
-    const tile_t tl = tile_of(g, t, nhwc);
     const int n = tl.rows * tl.Q;
     const float *last = h + (U - 1) * TB;
     gather(x, h, g, &tl, U, bf16, nhwc);
@@ -329,11 +465,16 @@ AI float relaxed_tile(const void *x, void *y, float *d, const geo_t *g, int64_t 
 /* Backward of the relaxed sample from y and d (see the header for how the input comes back). */
 AI void relaxed_backward_tile(const void *gy, const void *y, const float *d, void *gx, const geo_t *g, int64_t t,
                               uint64_t seed, float inv_tau, int hard, float kl_scale, int nhwc, int bf16) {
+    const tile_t tl = tile_of(g, t, nhwc);
+    if (g->U == 2) {
+        if (hard) relaxed2_backward_tile(gy, y, d, gx, g, &tl, seed, inv_tau, 1, kl_scale, nhwc, bf16);
+        else relaxed2_backward_tile(gy, y, d, gx, g, &tl, seed, inv_tau, 0, kl_scale, nhwc, bf16);
+        return;
+    }
     float gv[MAX_U * TB], h[MAX_U * TB], dv[MAX_U * TB], s[MAX_U * TB];
     float ref[TB], a[TB];
     uint8_t arg[TB];
     const int64_t U = g->U;
-    const tile_t tl = tile_of(g, t, nhwc);
     const int n = tl.rows * tl.Q;
     gather(gy, gv, g, &tl, U, bf16, nhwc);
     gather(y, h, g, &tl, U, bf16, nhwc);
@@ -442,7 +583,7 @@ void lwta_uniforms(float *out, int64_t N, int64_t G, int64_t S, uint64_t seed, i
     float u[TB];
     for (int64_t t = 0; t < n_tiles(&g, 0); t++) {
         const tile_t tl = tile_of(&g, t, 0);
-        fill(u, seed, &tl, (uint32_t)k);
+        fill(u, seed, &tl, (uint32_t)k, 0);
         scatter(u, out, &g, &tl, 1, 0, 0);
     }
 }

@@ -186,14 +186,14 @@ def _(x: Tensor, U: int, seed: int, save_idx: bool) -> Tuple[Tensor, Tensor]:
 
 
 def _sample_setup(ctx, inputs, output) -> None:
-    x, U = inputs[:2]
+    x, U, _, ctx.saved = inputs
     ctx.geo, ctx.stride = _geometry(x, U), output[0].stride()
     ctx.save_for_backward(output[1])
 
 
 def _sample_backward(ctx, grad_y: Tensor, grad_idx: Optional[Tensor]):
     (idx,) = ctx.saved_tensors
-    if idx.numel() == 0:
+    if not ctx.saved:
         raise RuntimeError('lwta_sample was called with save_idx=False and cannot be differentiated')
     grad_y = _like(grad_y, ctx.stride, grad_y.dtype)
     grad_x = torch.empty_like(grad_y)
@@ -229,14 +229,14 @@ def _(x: Tensor, U: int, seed: int, tau: float, hard: bool, want_kl: bool,
 
 
 def _relaxed_setup(ctx, inputs, output) -> None:
-    x, U, ctx.seed, ctx.tau, ctx.hard, ctx.want_kl, _ = inputs
+    x, U, ctx.seed, ctx.tau, ctx.hard, ctx.want_kl, ctx.saved = inputs
     ctx.geo = _geometry(x, U)
     ctx.save_for_backward(output[0], output[1])
 
 
 def _relaxed_backward(ctx, grad_y: Optional[Tensor], grad_d: Optional[Tensor], grad_kl: Optional[Tensor]):
     y, d = ctx.saved_tensors
-    if d.numel() == 0:
+    if not ctx.saved:
         raise RuntimeError('lwta_relaxed was called with save=False and cannot be differentiated')
     grad_y = torch.zeros_like(y) if grad_y is None else _like(grad_y, y.stride(), y.dtype)
     # a tensor on the device (no host sync on CUDA); in float64, as the C kernel's scale was computed
