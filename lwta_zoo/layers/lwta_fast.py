@@ -188,13 +188,16 @@ def _(x: Tensor, U: int, seed: int, save_idx: bool) -> Tuple[Tensor, Tensor]:
 def _sample_setup(ctx, inputs, output) -> None:
     x, U, _, ctx.saved = inputs
     ctx.geo, ctx.stride = _geometry(x, U), output[0].stride()
+    ctx.set_materialize_grads(False)  # the unused outputs' gradients stay None, not tensors of zeros
     ctx.save_for_backward(output[1])
 
 
-def _sample_backward(ctx, grad_y: Tensor, grad_idx: Optional[Tensor]):
+def _sample_backward(ctx, grad_y: Optional[Tensor], grad_idx: Optional[Tensor]):
     (idx,) = ctx.saved_tensors
     if not ctx.saved:
         raise RuntimeError('lwta_sample was called with save_idx=False and cannot be differentiated')
+    if grad_y is None:
+        return None, None, None, None
     grad_y = _like(grad_y, ctx.stride, grad_y.dtype)
     grad_x = torch.empty_like(grad_y)
     _kernels(grad_y).sample_backward(grad_y, idx, grad_x, ctx.geo)
@@ -231,6 +234,7 @@ def _(x: Tensor, U: int, seed: int, tau: float, hard: bool, want_kl: bool,
 def _relaxed_setup(ctx, inputs, output) -> None:
     x, U, ctx.seed, ctx.tau, ctx.hard, ctx.want_kl, ctx.saved = inputs
     ctx.geo = _geometry(x, U)
+    ctx.set_materialize_grads(False)  # no zeros for d's gradient (nor y's or the KL's when unused)
     ctx.save_for_backward(output[0], output[1])
 
 
