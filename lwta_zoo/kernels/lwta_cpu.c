@@ -180,27 +180,34 @@ static void philox(uint32_t w[4][TQ], uint64_t seed) {
 }
 #endif
 
-/* The uniforms of unit k of the tile's blocks (see the header): block (r, i) at u[r*Q + i], or
- * with `by_position` at u[i*8 + r] (the order of a channels_last tile in memory). */
-static void fill(float *restrict u, uint64_t seed, const tile_t *tl, uint32_t k, int by_position) {
-    uint32_t w[4][TQ];
+/* The draws of unit k for the tile's TQ positions: w[m][i], word m of position i's draw. */
+static void draw(uint32_t w[4][TQ], uint64_t seed, const tile_t *tl, uint32_t k) {
     for (int i = 0; i < TQ; i++) {
         const uint64_t q = (uint64_t)tl->q0 + (uint64_t)i;
         w[0][i] = (uint32_t)q, w[1][i] = (uint32_t)(q >> 32), w[2][i] = (uint32_t)tl->g8, w[3][i] = k;
     }
     philox(w, seed);
-    if (by_position) { /* half-word r of position i: the words' halves in memory order */
-        const uint16_t *half = (const uint16_t *)w;
+}
+
+/* The uniform of block row r at position i from the draws: half-word r (see the header). */
+#define UNIFORM(w, r, i) (((float)(((w)[(r) >> 1][i] >> (16 * ((r) & 1))) & 0xFFFFu) + 0.5f) * (1.0f / 65536.0f))
+
+/* The uniforms of the tile's blocks from its draws: block (r, i) at u[r*Q + i], or with
+ * `by_position` at u[i*8 + r] (the order of a channels_last tile in memory). */
+static void spread(float *restrict u, const uint32_t w[4][TQ], const tile_t *tl, int by_position) {
+    if (by_position) {
         for (int i = 0; i < tl->Q; i++)
-            for (int r = 0; r < 8; r++) u[i * 8 + r] = ((float)half[((r >> 1) * TQ + i) * 2 + (r & 1)] + 0.5f) * (1.0f / 65536.0f);
+            for (int r = 0; r < 8; r++) u[i * 8 + r] = UNIFORM(w, r, i);
         return;
     }
-    for (int r = 0; r < tl->rows; r++) {
-        const uint32_t *restrict word = w[r >> 1];
-        const int shift = 16 * (r & 1);
-        float *restrict ur = u + r * tl->Q;
-        for (int i = 0; i < tl->Q; i++) ur[i] = ((float)((word[i] >> shift) & 0xFFFFu) + 0.5f) * (1.0f / 65536.0f);
-    }
+    for (int r = 0; r < tl->rows; r++)
+        for (int i = 0; i < tl->Q; i++) u[r * tl->Q + i] = UNIFORM(w, r, i);
+}
+
+static void fill(float *restrict u, uint64_t seed, const tile_t *tl, uint32_t k, int by_position) {
+    uint32_t w[4][TQ];
+    draw(w, seed, tl, k);
+    spread(u, (const uint32_t(*)[TQ])w, tl, by_position);
 }
 
 /* Gumbel noise -log(-log u) for the U units of the tile, laid out as gather()'s. */
@@ -277,18 +284,19 @@ static float kl_sum(const float *restrict h, int64_t U, int n) {
 
 /* ---- U = 2: straight from memory, one uniform a block -------------------------------- */
 
-/* Run BODY for every block of the tile in memory order, with oa, ob the offsets of its units a
- * and b, oj its offset in a tensor of one unit a block (idx, d), ou its uniform's index in
- * fill(u, ..., nhwc)'s order. Blocks are visited once each, so BODY may read and write them in
- * place (ivdep). */
-#define FOR_PAIRS(g, tl, nhwc, ...)                                                         \
+/* Run the body (the macro's last argument) for every block of the tile in memory order, with
+ * oa, ob the offsets of its units a and b, oj its offset in a tensor of one unit a block (idx,
+ * d), uu its uniform: from the draws w (NCHW: a row's uniforms lie in one word of each draw),
+ * or from spread(ub, w, tl, 1) (channels_last). Blocks are visited once each, so the body may
+ * read and write them in place (ivdep). */
+#define FOR_PAIRS(g, tl, nhwc, w, ub, ...)                                                  \
     if (nhwc) {                                                                             \
         for (int i = 0; i < (tl).Q; i++) {                                                  \
             const int64_t oj0 = ((tl).q0 + i) * (g)->G + (tl).g8 * 8;                       \
             _Pragma("GCC ivdep") for (int r = 0; r < (tl).rows; r++) {                      \
                 const int64_t oj = oj0 + r, oa = 2 * oj, ob = oa + 1;                       \
-                const int ou = i * 8 + r;                                                   \
-                __VA_ARGS__                                                                        \
+                const float uu = (ub)[i * 8 + r];                                           \
+                __VA_ARGS__                                                                 \
             }                                                                               \
         }                                                                                   \
     } else {                                                                                \
@@ -297,18 +305,25 @@ static float kl_sum(const float *restrict h, int64_t U, int n) {
             const int64_t oj0 = row * (g)->S + (tl).p0, oa0 = 2 * row * (g)->S + (tl).p0;   \
             _Pragma("GCC ivdep") for (int i = 0; i < (tl).Q; i++) {                         \
                 const int64_t oj = oj0 + i, oa = oa0 + i, ob = oa + (g)->S;                 \
-                const int ou = r * (tl).Q + i;                                              \
+                const float uu = UNIFORM(w, r, i);                                          \
                 __VA_ARGS__                                                                        \
             }                                                                               \
         }                                                                                   \
     }
 
+/* The tile's draws w, and for channels_last its uniforms u in memory order. */
+#define DRAW_PAIRS(seed, g, tl, nhwc)                                                       \
+    uint32_t w[4][TQ];                                                                      \
+    float u[TB];                                                                            \
+    draw(w, seed, tl, 0);                                                                   \
+    if (nhwc) spread(u, (const uint32_t(*)[TQ])w, tl, 1);
+
 /* Exact sample of pairs: a wins iff u < sigmoid(a - b), written without a division. */
-AI void sample2_run(const void *x, void *y, uint8_t *idx, const geo_t *g, const tile_t *tl, const float *u,
-                    int save, int nhwc, int bf16) {
-    FOR_PAIRS(g, *tl, nhwc, {
+AI void sample2_run(const void *x, void *y, uint8_t *idx, const geo_t *g, const tile_t *tl, const uint32_t w[4][TQ],
+                    const float *u, int save, int nhwc, int bf16) {
+    FOR_PAIRS(g, *tl, nhwc, w, u, {
         const float a = ld(x, oa, bf16), b = ld(x, ob, bf16);
-        const int win = u[ou] * (1.0f + exp_(b - a)) < 1.0f;
+        const int win = uu * (1.0f + exp_(b - a)) < 1.0f;
         st(y, oa, win ? a : 0.0f, bf16);
         st(y, ob, win ? 0.0f : b, bf16);
         if (save) idx[oj] = (uint8_t)!win;
@@ -317,20 +332,21 @@ AI void sample2_run(const void *x, void *y, uint8_t *idx, const geo_t *g, const 
 
 AI void sample2_tile(const void *x, void *y, uint8_t *idx, const geo_t *g, const tile_t *tl, uint64_t seed, int nhwc,
                      int bf16) {
-    float u[TB];
-    fill(u, seed, tl, 0, nhwc);
-    if (idx) sample2_run(x, y, idx, g, tl, u, 1, nhwc, bf16); /* flags as literals: loops without branches */
-    else sample2_run(x, y, idx, g, tl, u, 0, nhwc, bf16);
+    DRAW_PAIRS(seed, g, tl, nhwc);
+    if (idx) sample2_run(x, y, idx, g, tl, w, u, 1, nhwc, bf16); /* flags as literals: loops without branches */
+    else sample2_run(x, y, idx, g, tl, w, u, 0, nhwc, bf16);
 }
 
 AI void sample2_backward_tile(const void *gy, const uint8_t *idx, void *gx, const geo_t *g, const tile_t *tl,
                               int nhwc, int bf16) {
-    FOR_PAIRS(g, *tl, nhwc, {
+    const uint32_t(*w)[TQ] = 0;
+    const float *u = 0;
+    FOR_PAIRS(g, *tl, nhwc, w, u, {
         const float ga = ld(gy, oa, bf16), gb = ld(gy, ob, bf16);
         const uint8_t second = idx[oj];
         st(gx, oa, second == 0 ? ga : 0.0f, bf16);
         st(gx, ob, second == 0 ? 0.0f : gb, bf16);
-        (void)ou;
+        (void)uu;
     })
 }
 
@@ -340,34 +356,34 @@ AI void sample2_backward_tile(const void *gy, const uint8_t *idx, void *gx, cons
  * written with e = exp(-|d|) against cancellation at large |d|; log(1 + e) rather than
  * log1p(e) (a quarter faster here): they differ only for e < 2^-24, below float resolution of
  * a block's KL (~log 2). */
-AI float relaxed2_run(const void *x, void *y, float *d, const geo_t *g, const tile_t *tl, const float *u,
-                      float inv_tau, int hard, int want_kl, int save, int nhwc, int bf16) {
+AI float relaxed2_run(const void *x, void *y, float *d, const geo_t *g, const tile_t *tl, const uint32_t w[4][TQ],
+                      const float *u, float inv_tau, int hard, int want_kl, int save, int nhwc, int bf16) {
     float acc = 0.0f;
     const float log2 = 0.69314718f;
-    FOR_PAIRS(g, *tl, nhwc, {
+    FOR_PAIRS(g, *tl, nhwc, w, u, {
         const float a = ld(x, oa, bf16), b = ld(x, ob, bf16), di = a - b;
-        const float v = di + logf(u[ou] / (1.0f - u[ou]));
-        const float w = hard ? (float)(v > 0.0f) : sigmoidf_(v * inv_tau);
-        st(y, oa, a * w, bf16);
-        st(y, ob, b * (1.0f - w), bf16);
+        const float v = di + logf(uu / (1.0f - uu));
+        const float wa = hard ? (float)(v > 0.0f) : sigmoidf_(v * inv_tau);
+        st(y, oa, a * wa, bf16);
+        st(y, ob, b * (1.0f - wa), bf16);
         if (save) d[oj] = di;
     })
-    if (want_kl) /* a loop of its own, so that y's loop is the same code with and without it */
-        FOR_PAIRS(g, *tl, nhwc, {
+    if (want_kl) { /* a loop of its own, so that y's loop is the same code with and without it */
+        FOR_PAIRS(g, *tl, nhwc, w, u, {
             const float di = fabsf(ld(x, oa, bf16) - ld(x, ob, bf16)), e = expf(-di);
             acc += log2 - e / (1.0f + e) * di - logf(1.0f + e);
-            (void)oj, (void)ou;
+            (void)oj, (void)uu;
         })
+    }
     return acc;
 }
 
 AI float relaxed2_tile(const void *x, void *y, float *d, const geo_t *g, const tile_t *tl, uint64_t seed,
                        float inv_tau, int hard, int want_kl, int nhwc, int bf16) {
-    float u[TB];
-    fill(u, seed, tl, 0, nhwc);
+    DRAW_PAIRS(seed, g, tl, nhwc);
     /* the flags as literals: loops without branches */
-#define RELAXED2(HARD, KL) (d ? relaxed2_run(x, y, d, g, tl, u, inv_tau, HARD, KL, 1, nhwc, bf16) \
-                              : relaxed2_run(x, y, d, g, tl, u, inv_tau, HARD, KL, 0, nhwc, bf16))
+#define RELAXED2(HARD, KL) (d ? relaxed2_run(x, y, d, g, tl, w, u, inv_tau, HARD, KL, 1, nhwc, bf16) \
+                              : relaxed2_run(x, y, d, g, tl, w, u, inv_tau, HARD, KL, 0, nhwc, bf16))
     return hard ? (want_kl ? RELAXED2(1, 1) : RELAXED2(1, 0)) : (want_kl ? RELAXED2(0, 1) : RELAXED2(0, 0));
 #undef RELAXED2
 }
@@ -376,17 +392,16 @@ AI float relaxed2_tile(const void *x, void *y, float *d, const geo_t *g, const t
 AI void relaxed2_backward_tile(const void *gy, const void *y, const float *d, void *gx, const geo_t *g,
                                const tile_t *tl, uint64_t seed, float inv_tau, int hard, float kl_scale, int nhwc,
                                int bf16) {
-    float u[TB];
-    fill(u, seed, tl, 0, nhwc);
-    FOR_PAIRS(g, *tl, nhwc, {
-        const float di = d[oj], v = di + logf(u[ou] / (1.0f - u[ou])); /* as in the forward */
-        const float s = sigmoidf_(v * inv_tau), w = hard ? (float)(v > 0.0f) : s;
+    DRAW_PAIRS(seed, g, tl, nhwc);
+    FOR_PAIRS(g, *tl, nhwc, w, u, {
+        const float di = d[oj], v = di + logf(uu / (1.0f - uu)); /* as in the forward */
+        const float s = sigmoidf_(v * inv_tau), wa = hard ? (float)(v > 0.0f) : s;
         const float ga = ld(gy, oa, bf16), gb = ld(gy, ob, bf16);
-        const float b = ld(y, oa, bf16) + ld(y, ob, bf16) - di * w, a = b + di;
+        const float b = ld(y, oa, bf16) + ld(y, ob, bf16) - di * wa, a = b + di;
         const float s0 = sigmoidf_(di);
         const float t = (ga * a - gb * b) * s * (1.0f - s) * inv_tau + kl_scale * di * s0 * (1.0f - s0);
-        st(gx, oa, ga * w + t, bf16);
-        st(gx, ob, gb * (1.0f - w) - t, bf16);
+        st(gx, oa, ga * wa + t, bf16);
+        st(gx, ob, gb * (1.0f - wa) - t, bf16);
     })
 }
 
