@@ -19,12 +19,14 @@
  * q >> 32, g div 8, k), q = n*S + p, and key the call's 64-bit seed: half-word 2m + h is
  * bits 16h..16h+15 of word m, as (bits + 0.5) / 2^16. One 128-bit draw serves 8 blocks;
  * winner probabilities are resolved to 2^-16 (U=2: a wins with a multiple of 2^-16
- * nearest sigmoid(d)). A uniform is a pure function of (seed, q, g, k), so a backward
+ * nearest sigmoid(d); general U: each Gumbel takes one of 2^16 equiprobable values, from
+ * -2.5 to 11.8). A uniform is a pure function of (seed, q, g, k), so a backward
  * pass regenerates it instead of storing it, and the result does not depend on threads.
  *
- * Work is split into tiles of 8 blocks (one draw's) across TQ positions: a tile is
- * gathered into unit-major float arrays (unit k of the tile's block o at [k*TB + o]),
- * computed with plain loops over blocks, and scattered back. Tiles run on OpenMP threads.
+ * Work is split into tiles of 8 blocks (one draw's) across TQ positions; tiles run on
+ * OpenMP threads. U=2 works on the tensors in place, a row (NCHW) or a position (channels_last)
+ * at a time; general U gathers a tile into unit-major float arrays (unit k of the tile's block
+ * o at [k*TB + o]), computes with plain loops over blocks, and scatters back.
  *
  * The relaxed kernels save d_k = h_k - h_{U-1} (k < U-1; for U=2, d = a - b) and the output
  * y: softmax is shift-invariant, so the weights w come back from d and the noise alone, and

@@ -1,10 +1,15 @@
 """Fused LWTA: the kernels of ``lwta_zoo/kernels`` as torch custom ops.
 
 The ops ``lwta_zoo::lwta_sample`` and ``lwta_zoo::lwta_relaxed`` run the compiled C
-kernels on CPU tensors (float32) and the Triton kernels on CUDA tensors (float32,
+kernels on CPU tensors (float32, bfloat16) and the Triton kernels on CUDA tensors (float32,
 float16, bfloat16; where Triton is installed), with one autograd formula: ``_kernels()``
 picks the device's kernels, which share one interface and one noise (a seed gives the
-same sample on either device, up to float rounding). One pass over the input per call
+same sample on either device, up to float rounding). Inputs may be contiguous or
+channels_last (dense (N, C) too); outputs and gradients keep the input's layout and dtype,
+as ReLU's do (under bfloat16 autocast a convolution's bfloat16 output stays bfloat16), and
+the noise is keyed by (position, block, unit), so a seed draws the same sample in either
+layout. The uniforms are 16-bit, eight blocks from one Philox4x32-10 draw: winner
+probabilities are resolved to 2^-16 (see ``kernels/lwta_cpu.c``). One pass over the input per call
 (noise, competition and output together, no intermediate tensors), for any U up to
 ``max_units()`` (U=2 has its own, faster rule), and a backward that stores only what it
 needs:
