@@ -136,7 +136,8 @@ class _Cpu:
 
     @staticmethod
     def _args(t: Tensor, geo: Geometry) -> tuple:
-        """The geometry, layout and thread count arguments of a C kernel call on ``t``."""
+        """The geometry and layout arguments of a C kernel call on ``t`` (layout: 1 for units adjacent, +2 for
+        bfloat16)."""
         layout = int(geo.nhwc) + 2 * (t.dtype == torch.bfloat16)
         return geo.N, geo.G, geo.U, geo.S, layout
 
@@ -276,7 +277,8 @@ def sample_(x: Tensor, seed: Optional[int] = None, U: int = 2) -> Tensor:
 
 def relaxed(x: Tensor, tau: float, want_kl: bool = False, seed: Optional[int] = None, U: int = 2,
             hard: bool = False) -> Tuple[Tensor, Tensor]:
-    """Concrete-relaxed LWTA at temperature ``tau`` and (if ``want_kl``, else 0) ``lwta_kl(x, U)``.
+    """Concrete-relaxed LWTA at temperature ``tau`` and (if ``want_kl``, else 0) ``lwta_kl(x, U)`` (NaN for an
+    empty batch, as that mean is).
 
     With ``hard`` the forward passes the one-hot argmax of the relaxed sample and the
     backward differentiates the relaxed sample (straight-through).
