@@ -14,7 +14,11 @@ Prints, measured side by side in one run (CPU, and CUDA when available):
    forward per step (``benchmarks.eot.EoTCrossEntropy``), same attack otherwise, at batch 4
    and the small batch;
 6. WRN-16-4 with U=4 LWTA at batch B: train step and eval forward, fused kernels (C on CPU,
-   Triton on CUDA) vs the eager path on the same model.
+   Triton on CUDA) vs the eager path on the same model;
+7. WRN-34-1 at batch B, ReLU and LWTA, as ``train.bf16`` / ``train.channels_last`` run them:
+   images/s of a training step in fp32, channels_last, bf16 autocast and both, each over its
+   activation's fp32 step and LWTA over ReLU; the eval forward (fp32 and bf16 + channels_last),
+   LWTA over ReLU.
 
 Timings are interleaved (each repeat runs every variant once, in turn) and reported as
 medians, with the load average, because the machine may be shared. The issue's targets
@@ -196,6 +200,59 @@ def general_u_benchmark(args, device: torch.device, U: int = 4) -> None:
         print(f'  {what:<13} fused {fused:9.4f} s   eager {eager:9.4f} s   fused x{eager / fused:5.2f} faster')
 
 
+PRECISIONS = {'fp32': (False, False), 'channels_last': (False, True), 'bf16': (True, False),
+              'bf16 + channels_last': (True, True)}  # name: (bf16 autocast, channels_last)
+
+
+def precision_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> Callable[[], object]:
+    """One SGD step as the trainer takes it: the forward under bf16 autocast if asked, the ELBO in float32."""
+    optim = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        optim.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model.train()(x)
+        (F.cross_entropy(logits.float(), y) + kl_divergence(model).float() / N_TRAIN).backward()
+        optim.step()
+    return step
+
+
+def precision_forward(model: nn.Module, x: torch.Tensor, bf16: bool) -> Callable[[], object]:
+    def forward() -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model.eval()(x)
+    return forward
+
+
+def precision_benchmark(args, device: torch.device) -> None:
+    """WRN-34-1, ReLU and LWTA, in fp32, channels_last, bf16 autocast and bf16 + channels_last."""
+    x = torch.rand(args.batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    steps, forwards = {}, {}
+    for act in ('relu', 'lwta'):
+        for name, (bf16, channels_last) in PRECISIONS.items():
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            torch.manual_seed(0)
+            model = lwta_zoo.WideResNet(depth=34, widen_factor=1, act=act).to(device, memory_format=fmt)
+            xf = x.contiguous(memory_format=fmt)
+            steps[act, name] = precision_step(model, xf, y, bf16)
+            if name in ('fp32', 'bf16 + channels_last'):
+                forwards[act, name] = precision_forward(model, xf, bf16)
+    train = timed(steps, args.repeats, device)
+    evals = timed(forwards, args.repeats * 5, device)
+    print(f'\n7. WRN-34-1, batch {args.batch}, {torch.get_num_threads()} threads: training step by precision and '
+          f'layout  [load avg {os.getloadavg()[0]:.1f}]')
+    print(f'  {"":<22}{"relu img/s":>11}{"vs fp32":>9}{"lwta img/s":>12}{"vs fp32":>9}{"lwta/relu":>11}')
+    for name in PRECISIONS:
+        relu, lwta_ = train['relu', name], train['lwta', name]
+        print(f'  {name:<22}{args.batch / relu:11.1f}{train["relu", "fp32"] / relu:8.2f}x'
+              f'{args.batch / lwta_:12.1f}{train["lwta", "fp32"] / lwta_:8.2f}x{lwta_ / relu:10.2f}x')
+    for name in ('fp32', 'bf16 + channels_last'):
+        relu, lwta_ = evals['relu', name], evals['lwta', name]
+        target = '   target <= 1.1x relu' if name == 'fp32' else ''
+        print(f'  eval forward, {name:<22} relu {relu:.4f} s   lwta {lwta_:.4f} s   lwta/relu x{lwta_ / relu:.2f}{target}')
+
+
 def sampling_benchmark(args, device: torch.device, model: nn.Module) -> None:
     x = torch.rand(args.small_batch, 3, 32, 32, device=device)
     model.eval()
@@ -265,7 +322,7 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--apgd-steps', type=int, default=5)
     parser.add_argument('--quick', action='store_true', help='tiny sizes: a smoke test of this script')
-    parser.add_argument('--sections', default='1,2,3,4,5,6', help='which of the numbered sections to run')
+    parser.add_argument('--sections', default='1,2,3,4,5,6,7', help='which of the numbered sections to run')
     args = parser.parse_args()
     sections = {int(n) for n in args.sections.split(',') if n}
     if args.quick:
@@ -293,6 +350,8 @@ def main() -> None:
                 apgd_benchmark(args, device, model, batch)
         if 6 in sections:
             general_u_benchmark(args, device)
+        if 7 in sections:
+            precision_benchmark(args, device)
 
 
 if __name__ == '__main__':

@@ -24,11 +24,10 @@ def _noise(shape, U: int, seed: int, exact: bool = False) -> torch.Tensor:
     exact sample is argmax(h + e), the relaxed one softmax((h + e) / tau). U=2: (+-logit(u), 0)
     from one uniform a block (logistic = difference of two Gumbels; the exact rule, a wins iff
     u < sigmoid(d), takes -logit(u)); else one Gumbel a unit."""
-    n = math.prod(shape) // U
-    u = [lwta_fast.uniforms(n, seed, k).double() for k in range(1 if U == 2 else U)]
+    u = [lwta_fast.uniforms(shape, seed, k, U).double() for k in range(1 if U == 2 else U)]
     logistic = (u[0].log() - (-u[0]).log1p()) * (-1 if exact else 1)
-    e = [logistic, torch.zeros(n)] if U == 2 else [-(-uk.log()).log() for uk in u]
-    return torch.stack([ek.view(shape[0], shape[1] // U, *shape[2:]) for ek in e], 2)
+    e = [logistic, torch.zeros_like(logistic)] if U == 2 else [-(-uk.log()).log() for uk in u]
+    return torch.stack(e, 2)
 
 
 def _one_hot(index: torch.Tensor, U: int) -> torch.Tensor:
@@ -144,41 +143,50 @@ def test_module_records_the_fused_kl_with_its_gradient(U, hard):
     assert torch.allclose(g_fast, g_ref, atol=1e-6)
 
 
-def _philox_uniforms(n: int, seed: int, unit: int) -> torch.Tensor:
-    """The kernels' uniforms from the definition: block j = 256 c + 64 lane + g takes word `lane` of
-    Philox4x32-10(counter (g, c mod 2^32, c >> 32, unit), key seed) as ((word >> 8) + 0.5) / 2^24 in
-    float32, held below 1."""
-    mask, words = 0xFFFFFFFF, []
-    for j in range(n):
-        c, (lane, g) = j // 256, divmod(j % 256, 64)
-        w, k0, k1 = [g, c & mask, c >> 32, unit], seed & mask, seed >> 32
-        for _ in range(10):
-            p0, p1 = 0xD2511F53 * w[0], 0xCD9E8D57 * w[2]
-            w = [(p1 >> 32) ^ w[1] ^ k0, p1 & mask, (p0 >> 32) ^ w[3] ^ k1, p0 & mask]
-            k0, k1 = (k0 + 0x9E3779B9) & mask, (k1 + 0xBB67AE85) & mask
-        words.append(w[lane] >> 8)
-    return ((torch.tensor(words, dtype=torch.float32) + 0.5) * 2 ** -24).clamp_max(1 - 2 ** -24)
+def _philox4x32_10(counter, key):
+    """Philox4x32-10 (Salmon et al. 2011) of four 32-bit counter words and a 64-bit key, from its definition."""
+    mask, (k0, k1), w = 0xFFFFFFFF, (key & 0xFFFFFFFF, key >> 32), list(counter)
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * w[0], 0xCD9E8D57 * w[2]
+        w = [(p1 >> 32) ^ w[1] ^ k0, p1 & mask, (p0 >> 32) ^ w[3] ^ k1, p0 & mask]
+        k0, k1 = (k0 + 0x9E3779B9) & mask, (k1 + 0xBB67AE85) & mask
+    return w
+
+
+def _reference_uniforms(shape, seed: int, unit: int, U: int) -> torch.Tensor:
+    """The kernels' uniforms from their definition: unit k of block (n, g, p) takes half-word g mod 8
+    (bits 16*(g mod 2) of word (g mod 8) // 2) of Philox4x32-10(counter (q mod 2^32, q >> 32, g // 8, k),
+    key seed), q = n*S + p, as (bits + 0.5) / 2^16."""
+    N, G, S = shape[0], shape[1] // U, math.prod(shape[2:])
+    out = torch.empty(N, G, S, dtype=torch.float64)
+    for n in range(N):
+        for p in range(S):
+            q = n * S + p
+            for g in range(G):
+                words = _philox4x32_10((q & 0xFFFFFFFF, q >> 32, g // 8, unit), seed)
+                out[n, g, p] = (((words[g % 8 // 2] >> (16 * (g % 2))) & 0xFFFF) + 0.5) / 2 ** 16
+    return out.float().view(N, G, *shape[2:])
 
 
 @pytest.mark.parametrize('extra_flags', [[], ['-mno-avx2']], ids=['this-cpu', 'portable'])
-def test_uniforms_are_philox4x32_10(extra_flags, monkeypatch, tmp_path):
-    """Both builds of the generator (AVX2 vectors where the CPU has them, plain arrays elsewhere)
-    draw Philox4x32-10 exactly: Random123's known answer and the definition above, across chunks."""
+def test_uniforms_are_halves_of_philox4x32_10(extra_flags, monkeypatch, tmp_path):
+    """Both builds of the generator (vector instructions where the CPU has them, plain code elsewhere)
+    draw the definition above: Random123's known answer for Philox4x32-10, and the definition across
+    draws, rows, positions and units."""
     if extra_flags:  # build the portable generator into a private cache
         from lwta_zoo import kernels
         monkeypatch.setattr(kernels, 'COMPILE_FLAGS', kernels.COMPILE_FLAGS + extra_flags)
         monkeypatch.setenv('LWTA_ZOO_CACHE', str(tmp_path))
         cpu_library.cache_clear()
     try:
-        # Random123's known answer for counter 0, key 0: words 6627e8d5 e169c58d bc57ac4c 9b00dbd8
-        first_words = lwta_fast.uniforms(256, seed=0, unit=0)[::64]
-        known = torch.tensor([((w >> 8) + 0.5) / 2 ** 24 for w in (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)])
-        assert torch.equal(first_words, known)
+        # Random123's known answer for counter 0, key 0: words 6627e8d5 e169c58d bc57ac4c 9b00dbd8, whose
+        # half-words (low first) are the uniforms of blocks g = 0..7 at the first position
+        first_draw = lwta_fast.uniforms((1, 16), seed=0, unit=0)[0]
+        halves = [w >> s & 0xFFFF for w in (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8) for s in (0, 16)]
+        assert torch.equal(first_draw, (torch.tensor(halves, dtype=torch.float32) + 0.5) / 2 ** 16)
         seed = 0x0123456789ABCDEF
-        for unit in (0, 5):
-            assert torch.equal(lwta_fast.uniforms(600, seed, unit), _philox_uniforms(600, seed, unit))
-        # seed 1, unit 0, block 6818 draws the top word, whose (2^24 - 1) + 0.5 rounds to 2^24
-        assert lwta_fast.uniforms(6819, seed=1, unit=0)[6818] == 1 - 2 ** -24
+        for shape, U, unit in [((2, 2 * 20, 5, 7), 2, 0), ((3, 4 * 9, 33), 4, 3), ((70, 2 * 3), 2, 0)]:
+            assert torch.equal(lwta_fast.uniforms(shape, seed, unit, U), _reference_uniforms(shape, seed, unit, U))
     finally:
         monkeypatch.undo()
         cpu_library.cache_clear()
@@ -187,8 +195,8 @@ def test_uniforms_are_philox4x32_10(extra_flags, monkeypatch, tmp_path):
 @pytest.mark.parametrize('unit', [0, 1, 3])
 def test_uniforms_are_uniform(unit):
     # chi-square of 2^18 draws over 64 bins: 63 degrees of freedom, P(chi2 > 120) < 1e-5
-    u = lwta_fast.uniforms(1 << 18, seed=2024, unit=unit)
-    assert u.min() > 0 and u.max() < 1
+    u = lwta_fast.uniforms((64, 2 * 64, 8, 8), seed=2024, unit=unit).flatten()
+    assert u.min() == 2 ** -17 and u.max() == 1 - 2 ** -17  # the extreme half-words, each about 4 times here
     counts = torch.histc(u, bins=64, min=0, max=1)
     expected = u.numel() / 64
     assert ((counts - expected) ** 2 / expected).sum() < 120
@@ -198,7 +206,7 @@ def test_uniforms_are_uniform(unit):
 def test_noise_is_independent_across_units_of_a_block(other):
     # General U draws a Gumbel a unit from its own Philox counter: |r| < 5/sqrt(n)
     n = 1 << 17
-    a, b = lwta_fast.uniforms(n, seed=9, unit=0), lwta_fast.uniforms(n, seed=9, unit=other)
+    a, b = (lwta_fast.uniforms((n // 64, 4 * 64), seed=9, unit=k, U=4).flatten() for k in (0, other))
     assert abs(torch.corrcoef(torch.stack((a, b)))[0, 1]) < 5 / math.sqrt(n)
     # equal inputs: every unit wins 1/4 of the blocks; chi-square, 3 dof, P(chi2 > 25) < 2e-5
     x = torch.ones(64, 4 * 16, 8, 8)
@@ -207,10 +215,10 @@ def test_noise_is_independent_across_units_of_a_block(other):
 
 
 @pytest.mark.parametrize('U', [2, 4])
-@pytest.mark.parametrize('offset', [1, 63, 64, 255, 256, 1024])
+@pytest.mark.parametrize('offset', [1, 31, 32, 64, 128, 512, 2048])
 def test_noise_is_independent_across_blocks(offset, U):
     # Equal inputs: the first unit wins a block with probability p = 1/U. Blocks `offset`
-    # apart (neighbours, Philox lanes, chunk boundaries, rows) must be uncorrelated:
+    # apart (neighbour positions, tiles, half-words and words of one draw, draws, examples) must be uncorrelated:
     # |r| < 5/sqrt(n); the frequency within 5 standard errors of p.
     x = torch.ones(64, U * 32, 8, 8)  # 131,072 blocks, runs of 64
     win = (_winner(lwta(x, U), x, U) == 0).flatten().double()
@@ -302,14 +310,18 @@ def test_inplace_inference_overwrites_the_input_with_the_same_sample(shape, U):
     assert torch.equal(grad, (y != 0).float())
 
 
-def test_the_top_uniform_gives_a_finite_block():
-    # seed 1 draws the largest word for unit 0 of block 6818: a uniform of 1 made its Gumbel
-    # infinite and the block NaN (for U > 2, about once in 2^24 blocks)
-    x = torch.randn(1, 4 * 6819, requires_grad=True)
-    y, kl = lwta_fast.relaxed(x, 0.67, want_kl=True, seed=1, U=4)
-    (grad,) = torch.autograd.grad(y.sum() + kl, x)
-    assert torch.isfinite(y).all() and torch.isfinite(grad).all()
-    assert torch.isfinite(lwta_fast.sample(x.detach(), seed=1, U=4)).all()
+def test_the_extreme_uniforms_give_finite_blocks():
+    # the smallest and largest uniforms (2^-17 and 1 - 2^-17) give the extreme Gumbels and logistic
+    # variates; a uniform of 0 or 1 would make them infinite and the block NaN
+    shape = (1, 4 * 2 ** 17)
+    u = lwta_fast.uniforms(shape, seed=1, unit=0, U=4)
+    assert u.min() == 2 ** -17 and u.max() == 1 - 2 ** -17
+    for U in (2, 4):
+        x = torch.randn(shape, requires_grad=True)
+        y, kl = lwta_fast.relaxed(x, 0.67, want_kl=True, seed=1, U=U)
+        (grad,) = torch.autograd.grad(y.sum() + kl, x)
+        assert torch.isfinite(y).all() and torch.isfinite(grad).all()
+        assert torch.isfinite(lwta_fast.sample(x.detach(), seed=1, U=U)).all()
 
 
 @pytest.mark.parametrize('U', [2, 4])
@@ -326,3 +338,111 @@ def test_saturated_blocks_stay_finite(tau, U, hard):
     assert math.isclose(kl.item(), 2 * math.log(U), rel_tol=1e-5)
     assert torch.autograd.grad(y.sum() + kl, x)[0].isfinite().all()
     assert torch.equal(lwta_fast.sample(x.detach(), U=U), expected)
+
+
+def _layouts(x: torch.Tensor):
+    """x as contiguous NCHW and (4-d inputs) as channels_last."""
+    yield x.contiguous()
+    if x.dim() == 4:
+        yield x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('U', [2, 3, 4])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_channels_last_inputs_draw_the_same_sample_and_keep_their_layout(U, dtype):
+    # the noise is keyed by (position, block, unit), not by memory order: a seed gives the same sample
+    x = (torch.randn(3, 12 * 4, 9, 11) * 2).to(dtype)  # 13 draws of 8 blocks a position for U=3 (one partial)
+    w = torch.randn(x.shape).to(dtype)
+    results = []
+    for xl in _layouts(x):
+        xl.requires_grad_(True)
+        y = lwta_fast.sample(xl, seed=21, U=U)
+        (g_sample,) = torch.autograd.grad((y * w).sum(), xl)
+        yr, kl = lwta_fast.relaxed(xl, 0.67, want_kl=True, seed=21, U=U)
+        (g_relaxed,) = torch.autograd.grad((yr * w).sum() + kl, xl)
+        for t in (y, g_sample, yr, g_relaxed):
+            assert t.stride() == xl.stride() and t.dtype == dtype
+        results.append((y, g_sample, yr, kl, g_relaxed))
+    (y0, gs0, yr0, kl0, gr0), (y1, gs1, yr1, kl1, gr1) = results
+    # exact samples decide alike but where exp rounds differently at a threshold (vector and scalar code)
+    assert (y0 != y1).float().mean() <= 1e-4 and (gs0 != gs1).float().mean() <= 1e-4
+    tol = 1e-5 if dtype == torch.float32 else 2 ** -7
+    assert torch.allclose(yr0.float(), yr1.float(), rtol=tol, atol=tol)
+    assert torch.allclose(kl0, kl1, rtol=1e-5)
+    assert torch.allclose(gr0.float(), gr1.float(), rtol=10 * tol, atol=10 * tol)
+
+
+@pytest.mark.parametrize('U', [2, 4])
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('hard', [False, True])
+def test_bfloat16_inputs_match_the_float32_computation_on_their_values(shape, U, hard):
+    # the kernels compute in float32 from bfloat16 values and round once on output: the exact sample
+    # passes the input's values; relaxed outputs and gradients agree at bfloat16 resolution
+    for xb in _layouts((torch.randn(shape) * 2).bfloat16()):
+        w = torch.randn(shape).bfloat16()
+        xf = xb.float().requires_grad_(True)
+        xb.requires_grad_(True)
+        y = lwta_fast.sample(xb, seed=8, U=U)
+        assert y.dtype == torch.bfloat16
+        assert (y.float() != lwta_fast.sample(xf.detach(), seed=8, U=U)).float().mean() <= 1e-4
+        yb, klb = lwta_fast.relaxed(xb, 0.67, want_kl=True, seed=8, U=U, hard=hard)
+        yf, klf = lwta_fast.relaxed(xf, 0.67, want_kl=True, seed=8, U=U, hard=hard)
+        (gb,) = torch.autograd.grad((yb * w).sum() + klb, xb)
+        (gf,) = torch.autograd.grad((yf * w.float()).sum() + klf, xf)
+        assert yb.dtype == gb.dtype == torch.bfloat16 and klb.dtype == torch.float32
+        assert torch.allclose(yb.float(), yf, rtol=2 ** -8, atol=1e-6)  # one rounding: half a step
+        assert torch.allclose(klb, klf, rtol=1e-5)
+        # the backward recovers the input from the rounded y: a few steps of bfloat16
+        assert torch.allclose(gb.float(), gf, rtol=3 * 2 ** -7, atol=3 * 2 ** -7)
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_under_bfloat16_autocast_lwta_takes_the_fused_path_and_returns_what_relu_returns(training, monkeypatch):
+    # autocast runs the convolution in bfloat16; ReLU then returns bfloat16 (it keeps its input's dtype),
+    # and so does LWTA, on the fused kernels, in the input's memory format
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    calls = []
+    monkeypatch.setattr(lwta_fast, 'supports', lambda t, U=2, f=lwta_fast.supports: calls.append(f(t, U)) or f(t, U))
+    layer = LWTA().train(training)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        h = conv(x)
+        relu_out, lwta_out = torch.relu(h), layer(h)
+    assert calls == [True] and lwta_out.dtype == relu_out.dtype == torch.bfloat16
+    assert lwta_out.stride() == h.stride()
+    lwta_out.float().sum().backward()
+    assert conv.weight.grad.dtype == torch.float32 and conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('U', [2, 4])
+@pytest.mark.parametrize('shape', [(0, 8, 5, 7), (0, 8), (3, 0, 5, 5)])
+def test_empty_inputs_give_empty_outputs_and_gradients(shape, U):
+    for x in _layouts(torch.randn(shape)):
+        xg = x.clone().requires_grad_(True)
+        for training in (False, True):
+            y = LWTA(U=U).train(training)(xg)
+            (grad,) = torch.autograd.grad(y.sum(), xg)
+            assert y.shape == grad.shape == x.shape
+        y, kl = lwta_fast.relaxed(xg, 0.67, want_kl=True, U=U)
+        (grad,) = torch.autograd.grad(y.sum() + kl.nan_to_num(), xg)
+        assert grad.shape == x.shape
+        assert lwta_fast.sample_(x.clone(), U=U).shape == x.shape
+
+
+@pytest.mark.parametrize('U', [2, 4])
+def test_winner_frequencies_match_softmax_at_the_noise_resolution(U):
+    """16-bit uniforms resolve winner probabilities to 2^-16: for U=2 unit a wins with the multiple
+    of 2^-16 nearest sigmoid(a - b) (u = (k + 0.5) / 2^16 < sigmoid(d) for that many k of 2^16); for
+    general U each Gumbel takes 2^16 equiprobable values. 2^21 blocks a row of probabilities down to
+    about 1e-3: every frequency within 5 standard errors of softmax (a bias of 2^-16 is far below one)."""
+    logits = torch.tensor([0.2, -1.0, -3.0, -7.0, 2.5, 0.3, -5.0, 1.0])[: 2 * U]  # no zeros: _winner divides
+    x = logits.repeat(2 ** 21 // 2 * U // len(logits), 1).view(-1, len(logits))  # 2^21 blocks
+    p = _units(logits[None], U).softmax(2)[0].double()  # (blocks a row, U)
+    freq = _one_hot(_winner(lwta_fast.sample(x, seed=77, U=U), x, U), U).double().mean(0)
+    se = (p * (1 - p) / x.shape[0]).sqrt()
+    assert ((freq - p).abs() <= 5 * se + 2 ** -16).all(), (freq, p)
+    if U == 2:  # the resolution itself, from the definition: at most half a step from sigmoid(d)
+        d = torch.linspace(-12, 12, 100_001, dtype=torch.float64)
+        uniforms = (torch.arange(2 ** 16, dtype=torch.float64) + 0.5) / 2 ** 16  # every value, once
+        resolved = torch.searchsorted(uniforms, torch.sigmoid(d)) / 2 ** 16  # the share of u < sigmoid(d)
+        assert (resolved - torch.sigmoid(d)).abs().max() <= 2 ** -17

@@ -27,27 +27,32 @@ pytestmark = [
     pytest.mark.skipif(cpu_library() is None, reason='no C compiler: no C kernels to compare with'),
 ]
 
-# dense with 3 chunks, the last one partial (U=2); conv with runs of 35 values, chunks
-# straddling rows; U = 2, 3, 4, 16 divide the 48 channels
-CASES = [((23, 48), U) for U in (2, 3, 4, 16)] + [((1, 48, 5, 7), U) for U in (2, 3, 4, 16)]
-HALF_CASES = [((1, 48, 5, 7), U, dtype) for U in (2, 4) for dtype in ('float16', 'bfloat16')]
+# dense over 2 tiles of positions, the last one partial; conv with 35 positions, tiles straddling
+# examples; U = 2, 3, 4, 16 divide the 48 channels (G = 24, 16, 12, 3: full and partial draws of 8
+# blocks); conv inputs contiguous ('nchw') and channels_last ('nhwc')
+CASES = [((40, 48), U, 'nchw') for U in (2, 3, 4, 16)] + [
+    ((2, 48, 5, 7), U, layout) for U in (2, 3, 4, 16) for layout in ('nchw', 'nhwc')]
+HALF_CASES = [((2, 48, 5, 7), U, dtype, layout) for U in (2, 4)
+              for dtype, layout in (('float16', 'nchw'), ('bfloat16', 'nchw'), ('bfloat16', 'nhwc'))]
 UNIFORM_CASES = [(seed, unit) for seed in (0, 5, 2 ** 31 + 7, 2 ** 63 + 12345, 2 ** 64 - 1) for unit in (0, 3)]
+UNIFORM_SHAPE = (3, 2 * 20, 5, 7)
 SEED, TAU, KL_WEIGHT = -2 ** 62 - 2024, 0.67, 3.0  # the ops take signed seeds; this one sets bit 63
-Case = Tuple[Tuple[int, ...], int, str]
+Case = Tuple[Tuple[int, ...], int, str, str]
 
 
-def _inputs(shape: Tuple[int, ...], U: int, dtype: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The input and the upstream gradient of a case, representable in ``dtype``."""
+def _inputs(shape: Tuple[int, ...], U: int, dtype: str, layout: str = 'nchw') -> Tuple[torch.Tensor, torch.Tensor]:
+    """The input and the upstream gradient of a case, representable in ``dtype``, in the layout."""
     g = torch.Generator().manual_seed(100 * len(shape) + U)
     x, gy = torch.randn(shape, generator=g) * 2, torch.randn(shape, generator=g)
-    return x.to(getattr(torch, dtype)), gy.to(getattr(torch, dtype))
+    fmt = torch.channels_last if layout == 'nhwc' else torch.contiguous_format
+    return tuple(t.to(getattr(torch, dtype)).contiguous(memory_format=fmt) for t in (x, gy))
 
 
 def _outputs(case: Case, compute: str) -> Dict[str, torch.Tensor]:
     """A case's exact sample, relaxed samples (soft, hard), their saved tensors, KL and
     gradients, through the custom ops and their autograd, in the dtype ``compute``."""
-    shape, U, dtype = case
-    x, gy = (t.to(getattr(torch, compute)) for t in _inputs(shape, U, dtype))
+    shape, U, dtype, layout = case
+    x, gy = (t.to(getattr(torch, compute)) for t in _inputs(shape, U, dtype, layout))
     x.requires_grad_(True)
     out = {}
     y, out['idx'] = torch.ops.lwta_zoo.lwta_sample(x, U, SEED, True)
@@ -76,8 +81,8 @@ def _worker(path: str) -> None:
     torch.save({
         'imported_for_cpu': imported_for_cpu,
         'max_units': kernels.MAX_U,
-        'uniforms': {c: kernels.uniforms(600, *c, device='cpu') for c in UNIFORM_CASES},
-        'outputs': {(s, U, 'float32'): _outputs((s, U, 'float32'), 'float32') for s, U in CASES},
+        'uniforms': {c: kernels.uniforms(UNIFORM_SHAPE, *c, device='cpu') for c in UNIFORM_CASES},
+        'outputs': {(s, U, layout): _outputs((s, U, 'float32', layout), 'float32') for s, U, layout in CASES},
         'half': {c: _outputs(c, c[2]) for c in HALF_CASES},
     }, path)
 
@@ -98,12 +103,13 @@ def test_triton_is_imported_only_for_cuda_tensors_and_takes_the_same_units(trito
 
 @pytest.mark.parametrize('seed,unit', UNIFORM_CASES)
 def test_uniforms_equal_the_c_kernels_bit_for_bit(triton_side, seed, unit):
-    assert torch.equal(triton_side['uniforms'][seed, unit], lwta_fast.uniforms(600, seed, unit))
+    assert torch.equal(triton_side['uniforms'][seed, unit], lwta_fast.uniforms(UNIFORM_SHAPE, seed, unit))
 
 
-@pytest.mark.parametrize('shape,U', CASES)
-def test_exact_sample_winners_and_gradient_equal_the_c_kernels(triton_side, shape, U):
-    tri, c = triton_side['outputs'][shape, U, 'float32'], _outputs((shape, U, 'float32'), 'float32')
+@pytest.mark.parametrize('shape,U,layout', CASES)
+def test_exact_sample_winners_and_gradient_equal_the_c_kernels(triton_side, shape, U, layout):
+    tri, c = triton_side['outputs'][shape, U, layout], _outputs((shape, U, 'float32', layout), 'float32')
+    assert tri['sample'].stride() == c['sample'].stride() == _inputs(shape, U, 'float32', layout)[0].stride()
     assert (c['sample'] != 0).any() and (c['sample'] == 0).any()
     for key in ('idx', 'sample', 'sample_grad', 'sample_unsaved', 'sample_inplace'):
         assert torch.equal(tri[key], c[key]), key
@@ -111,9 +117,9 @@ def test_exact_sample_winners_and_gradient_equal_the_c_kernels(triton_side, shap
 
 
 @pytest.mark.parametrize('hard', [False, True])
-@pytest.mark.parametrize('shape,U', CASES)
-def test_relaxed_outputs_saved_differences_kl_and_gradients_match_the_c_kernels(triton_side, shape, U, hard):
-    tri, c = triton_side['outputs'][shape, U, 'float32'], _outputs((shape, U, 'float32'), 'float32')
+@pytest.mark.parametrize('shape,U,layout', CASES)
+def test_relaxed_outputs_saved_differences_kl_and_gradients_match_the_c_kernels(triton_side, shape, U, layout, hard):
+    tri, c = triton_side['outputs'][shape, U, layout], _outputs((shape, U, 'float32', layout), 'float32')
     assert torch.equal(tri[f'd{hard}'], c[f'd{hard}'])
     if hard:  # one-hot: the winner's response
         assert torch.equal(tri['yTrue'], c['yTrue'])
@@ -125,12 +131,12 @@ def test_relaxed_outputs_saved_differences_kl_and_gradients_match_the_c_kernels(
 
 
 @pytest.mark.parametrize('hard', [False, True])
-@pytest.mark.parametrize('shape,U', [CASES[1], CASES[6]])
-def test_relaxed_sample_kl_and_gradient_equal_the_eager_reference(triton_side, shape, U, hard):
+@pytest.mark.parametrize('shape,U,layout', [CASES[1], CASES[6], CASES[7]])
+def test_relaxed_sample_kl_and_gradient_equal_the_eager_reference(triton_side, shape, U, layout, hard):
     from test_lwta_fast import _noise, _one_hot, _units  # the C tests' reference for the same noise
 
-    tri = triton_side['outputs'][shape, U, 'float32']
-    x, gy = (t.double() for t in _inputs(shape, U, 'float32'))
+    tri = triton_side['outputs'][shape, U, layout]
+    x, gy = (t.double() for t in _inputs(shape, U, 'float32', layout))
     x.requires_grad_(True)
     s = ((_units(x, U) + _noise(shape, U, SEED)) / TAU).softmax(2)
     xi = _one_hot(s.argmax(2), U) - s.detach() + s if hard else s
@@ -147,6 +153,15 @@ def test_half_precision_inputs_match_the_c_kernels_on_their_float32_values(trito
     # and its backward recovers the input from that y
     tri, c = triton_side['half'][case], _outputs(case, 'float32')
     dtype, tol = getattr(torch, case[2]), {'float16': 2e-3, 'bfloat16': 2.4e-2}[case[2]]  # about 2 and 3 eps
+    if dtype == torch.bfloat16:  # the C kernels take bfloat16 too: the same rounding of the same values
+        c_bf16 = _outputs(case, 'bfloat16')
+        for key in ('idx', 'sample', 'sample_grad', 'sample_inplace', 'yTrue', 'dTrue', 'dFalse'):
+            assert torch.equal(tri[key], c_bf16[key]), key
+        # float32 arithmetic in both, then one rounding: y within one bfloat16 step (2^-7 relative);
+        # the gradients from that y, as against float32 below
+        assert torch.allclose(tri['yFalse'].float(), c_bf16['yFalse'].float(), rtol=2 ** -7, atol=1e-5)
+        for key in ('gradFalse', 'gradTrue'):
+            assert torch.allclose(tri[key].float(), c_bf16[key].float(), rtol=tol, atol=tol), key
     assert tri['sample'].dtype == tri['sample_grad'].dtype == tri['yTrue'].dtype == dtype
     assert tri['dTrue'].dtype == tri['klTrue'].dtype == torch.float32
     for key in ('idx', 'sample', 'sample_grad'):

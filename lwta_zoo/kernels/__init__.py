@@ -36,11 +36,12 @@ LINK_FLAGS = ['-shared', '-fopenmp', '-lm']
 
 _i64, _u64, _int, _float = ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c_float
 SIGNATURES = {  # name: (restype, argtypes); pointers are passed as addresses (c_void_p)
-    'lwta_sample': (None, [ctypes.c_void_p] * 3 + [_i64, _i64, _i64, _u64, _int]),
-    'lwta_sample_backward': (None, [ctypes.c_void_p] * 3 + [_i64, _i64, _i64, _int]),
-    'lwta_relaxed': (ctypes.c_double, [ctypes.c_void_p] * 3 + [_i64, _i64, _i64, _u64, _float, _int, _int, _int]),
-    'lwta_relaxed_backward': (None, [ctypes.c_void_p] * 4 + [_i64, _i64, _i64, _u64, _float, _int, _float, _int]),
-    'lwta_uniforms': (None, [ctypes.c_void_p, _i64, _u64, _i64]),
+    # geometry (N, G, U, S) and layout (1: units adjacent in memory, +2: bfloat16) follow the pointers
+    'lwta_sample': (None, [ctypes.c_void_p] * 3 + [_i64] * 4 + [_int, _u64, _int]),
+    'lwta_sample_backward': (None, [ctypes.c_void_p] * 3 + [_i64] * 4 + [_int, _int]),
+    'lwta_relaxed': (ctypes.c_double, [ctypes.c_void_p] * 3 + [_i64] * 4 + [_int, _u64, _float, _int, _int, _int]),
+    'lwta_relaxed_backward': (None, [ctypes.c_void_p] * 4 + [_i64] * 4 + [_int, _u64, _float, _int, _float, _int]),
+    'lwta_uniforms': (None, [ctypes.c_void_p] + [_i64] * 3 + [_u64, _i64]),
     'lwta_max_units': (_int, []),
 }
 

@@ -1,22 +1,32 @@
-/* Fused CPU kernels for stochastic LWTA with U competing units (float32, contiguous).
+/* Fused CPU kernels for stochastic LWTA with U competing units (float32 or bfloat16).
  *
- * A tensor of shape (N, C, *S) is R = N*C/U rows of U units, each unit a contiguous run
- * of S values: block j = r*S + p holds units h_k = x[r*U*S + k*S + p], k < U.
+ * An input of shape (N, G*U, *S) holds N*G*S blocks: block (n, g, p) is the U units
+ * g*U + k, k < U, at position p of example n. Two memory layouts (`nhwc`):
+ *   0: contiguous NCHW: unit k of block (n, g, p) at ((n*G + g)*U + k)*S + p;
+ *   1: units adjacent (channels_last, or dense (N, C)): at (q*G + g)*U + k, q = n*S + p.
+ * Elements are float32 or bfloat16 (`bf16`); the kernels compute in float32 and store
+ * in the input's type. Saved tensors (the winner index, the differences d) follow the
+ * input's layout with 1 and U-1 units a block.
  *
- * U=2 has its own path: with d = a - b, unit a wins with probability sigmoid(d) (softmax
+ * U=2 has its own rule: with d = a - b, unit a wins with probability sigmoid(d) (softmax
  * over the pair); the difference of two Gumbel draws is logistic, so one uniform u per
- * block decides it: exact sample: a wins iff u < sigmoid(d), i.e. d - logit(u) > 0;
- * relaxed: s = sigmoid((d + logit(u)) / tau).
- * General U (up to MAX_U) draws a Gumbel g_k per unit: the exact sample is
- * argmax_k (h_k + g_k), the relaxed one softmax_k((h_k + g_k) / tau). Its kernels gather a
- * chunk of blocks into unit-major local arrays (see gather()) so that every step is a
- * plain loop over blocks.
+ * block decides it: exact sample: a wins iff u < sigmoid(d); relaxed: s = sigmoid((d +
+ * logit(u)) / tau). General U (up to MAX_U) draws a Gumbel g_k per unit: the exact sample
+ * is argmax_k (h_k + g_k), the relaxed one softmax_k((h_k + g_k) / tau).
  *
- * Noise: counter-based Philox4x32-10 (Salmon et al. 2011), keyed by a 64-bit seed drawn
- * from torch's generator for each call. Block j's uniform for unit k (k = 0 for U=2) is a
- * pure function of (seed, j, k), independent of threads, so a backward pass regenerates
- * it instead of storing it. Blocks are processed in chunks of CHUNK (see fill()), chunks
- * spread over OpenMP threads.
+ * Noise (the same whatever the layout): the uniform of unit k of block (n, g, p) is
+ * half-word g mod 8 of Philox4x32-10 (Salmon et al. 2011) with counter (q mod 2^32,
+ * q >> 32, g div 8, k), q = n*S + p, and key the call's 64-bit seed: half-word 2m + h is
+ * bits 16h..16h+15 of word m, as (bits + 0.5) / 2^16. One 128-bit draw serves 8 blocks;
+ * winner probabilities are resolved to 2^-16 (U=2: a wins with a multiple of 2^-16
+ * nearest sigmoid(d); general U: each Gumbel takes one of 2^16 equiprobable values, from
+ * -2.5 to 11.8). A uniform is a pure function of (seed, q, g, k), so a backward
+ * pass regenerates it instead of storing it, and the result does not depend on threads.
+ *
+ * Work is split into tiles of 8 blocks (one draw's) across TQ positions; tiles run on
+ * OpenMP threads. U=2 works on the tensors in place, a row (NCHW) or a position (channels_last)
+ * at a time; general U gathers a tile into unit-major float arrays (unit k of the tile's block
+ * o at [k*TB + o]), computes with plain loops over blocks, and scatters back.
  *
  * The relaxed kernels save d_k = h_k - h_{U-1} (k < U-1; for U=2, d = a - b) and the output
  * y: softmax is shift-invariant, so the weights w come back from d and the noise alone, and
@@ -27,445 +37,571 @@
 #include <math.h>
 #include <stdint.h>
 
-#define CHUNK 256
-#define GROUPS (CHUNK / 4)
-#define MAX_U 16 /* general-U kernels keep four U x CHUNK float arrays on the stack (64 KiB) */
+#define TQ 64        /* positions a tile */
+#define TB (8 * TQ)  /* blocks a tile */
+#define MAX_U 16     /* the general-U kernels keep a few MAX_U x TB float arrays on the stack */
+#define AI static inline __attribute__((always_inline))
 
-/* Uniforms in (0, 1) for the CHUNK blocks of chunk c and unit k: offset o = lane*GROUPS + g
- * takes word `lane` of Philox4x32-10(counter = (g, c_lo, c_hi, k), key = seed), as
- * ((word >> 8) + 0.5) / 2^24 in float arithmetic, at most U_MAX (a uniform of 1 would give
- * an infinite Gumbel and a block of NaN). The GROUPS generators run side by side, one round
- * at a time: with AVX2 in hand-written vectors (eight generators a register, four registers
- * interleaved), elsewhere in plain arrays that the compiler may vectorise; both give the
- * same words. */
-#define U_MAX 0x1.fffffep-1f /* the largest float below 1: (2^24 - 1) + 0.5 would round up to 1 */
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
 #define PHILOX_W0 0x9E3779B9u
 #define PHILOX_W1 0xBB67AE85u
-#if defined(__AVX2__)
-#include <immintrin.h>
-#define VECTORS 4 /* registers of eight generators interleaved, for instruction-level parallelism */
 
-/* High and low 32 bits of the eight 32x32-bit products a_i * m_i. */
-static inline void mulhilo8(__m256i a, __m256i m, __m256i *hi, __m256i *lo) {
-    const __m256i even = _mm256_mul_epu32(a, m), odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
-    *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-    *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+typedef struct {
+    int64_t N, G, U, S;
+} geo_t;
+
+/* Tile t: 8 blocks g = 8*g8 + r (r < rows) at TQ positions q = q0 + i (i < Q); for NCHW the
+ * positions lie in one example n, from p0. Its block o = r*Q + i. */
+typedef struct {
+    int64_t g8, q0, n, p0;
+    int rows, Q;
+} tile_t;
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+static int64_t n_tiles(const geo_t *g, int nhwc) {
+    const int64_t g8s = (g->G + 7) / 8;
+    return g8s * (nhwc ? (g->N * g->S + TQ - 1) / TQ : g->N * ((g->S + TQ - 1) / TQ));
 }
 
-static void fill(float *u, uint64_t seed, uint64_t c, uint32_t k) {
-    const __m256i m0 = _mm256_set1_epi32((int)PHILOX_M0), m1 = _mm256_set1_epi32((int)PHILOX_M1);
-    const __m256 scale = _mm256_set1_ps(1.0f / 16777216.0f), half = _mm256_set1_ps(0.5f), top = _mm256_set1_ps(U_MAX);
-    for (int g = 0; g < GROUPS; g += 8 * VECTORS) {
-        __m256i w[4][VECTORS];
-        for (int v = 0; v < VECTORS; v++) {
-            w[0][v] = _mm256_add_epi32(_mm256_set1_epi32(g + 8 * v), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            w[1][v] = _mm256_set1_epi32((int)(uint32_t)c);
-            w[2][v] = _mm256_set1_epi32((int)(uint32_t)(c >> 32));
-            w[3][v] = _mm256_set1_epi32((int)k);
-        }
-        uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-        for (int round = 0; round < 10; round++) {
-            const __m256i key0 = _mm256_set1_epi32((int)k0), key1 = _mm256_set1_epi32((int)k1);
-            for (int v = 0; v < VECTORS; v++) {
-                __m256i hi0, lo0, hi1, lo1;
-                mulhilo8(w[0][v], m0, &hi0, &lo0);
-                mulhilo8(w[2][v], m1, &hi1, &lo1);
-                w[0][v] = _mm256_xor_si256(_mm256_xor_si256(hi1, w[1][v]), key0);
-                w[2][v] = _mm256_xor_si256(_mm256_xor_si256(hi0, w[3][v]), key1);
-                w[1][v] = lo1;
-                w[3][v] = lo0;
-            }
-            k0 += PHILOX_W0;
-            k1 += PHILOX_W1;
-        }
-        for (int lane = 0; lane < 4; lane++)
-            for (int v = 0; v < VECTORS; v++) {
-                const __m256 f = _mm256_cvtepi32_ps(_mm256_srli_epi32(w[lane][v], 8));
-                const __m256 uniform = _mm256_min_ps(_mm256_mul_ps(_mm256_add_ps(f, half), scale), top);
-                _mm256_storeu_ps(u + lane * GROUPS + g + 8 * v, uniform);
-            }
+AI tile_t tile_of(const geo_t *g, int64_t t, int nhwc) {
+    const int64_t g8s = (g->G + 7) / 8;
+    tile_t tl;
+    if (nhwc) {
+        tl.g8 = t % g8s, tl.q0 = (t / g8s) * TQ, tl.n = 0, tl.p0 = 0;
+        tl.Q = (int)min64(TQ, g->N * g->S - tl.q0);
+    } else {
+        const int64_t runs = (g->S + TQ - 1) / TQ;
+        tl.p0 = (t % runs) * TQ, tl.g8 = (t / runs) % g8s, tl.n = t / (runs * g8s);
+        tl.q0 = tl.n * g->S + tl.p0, tl.Q = (int)min64(TQ, g->S - tl.p0);
     }
+    tl.rows = (int)min64(8, g->G - tl.g8 * 8);
+    return tl;
 }
-#else
-static void fill(float *u, uint64_t seed, uint64_t c, uint32_t k) {
+
+/* Offset of unit k of the tile's block row r, position 0, in a tensor of K units a block;
+ * positions follow at stride pstride(). */
+AI int64_t at(const geo_t *g, const tile_t *tl, int64_t K, int r, int64_t k, int nhwc) {
+    const int64_t blk = tl->g8 * 8 + r;
+    return nhwc ? (tl->q0 * g->G + blk) * K + k : ((tl->n * g->G + blk) * K + k) * g->S + tl->p0;
+}
+
+AI int64_t pstride(const geo_t *g, int64_t K, int nhwc) { return nhwc ? g->G * K : 1; }
+
+/* ---- elements: float32 or bfloat16 (round to nearest even; NaN stays NaN) ------------ */
+
+AI float ld(const void *t, int64_t o, int bf16) {
+    if (!bf16) return ((const float *)t)[o];
+    union { uint32_t u; float f; } c = {(uint32_t)((const uint16_t *)t)[o] << 16};
+    return c.f;
+}
+
+AI void st(void *t, int64_t o, float v, int bf16) {
+    if (!bf16) {
+        ((float *)t)[o] = v;
+        return;
+    }
+    union { float f; uint32_t u; } c = {v};
+    const uint32_t rounded = (c.u + 0x7FFFu + ((c.u >> 16) & 1u)) >> 16;
+    ((uint16_t *)t)[o] = (uint16_t)((c.u & 0x7FFFFFFFu) > 0x7F800000u ? (c.u >> 16) | 0x40u : rounded);
+}
+
+/* buf[k*TB + o] = unit k of the tile's block o, k < K, from t (element type per bf16). */
+AI void gather(const void *t, float *restrict buf, const geo_t *g, const tile_t *tl, int64_t K, int bf16, int nhwc) {
+    const int64_t ps = pstride(g, K, nhwc);
+    for (int r = 0; r < tl->rows; r++)
+        for (int64_t k = 0; k < K; k++) {
+            const int64_t o = at(g, tl, K, r, k, nhwc);
+            float *restrict b = buf + k * TB + r * tl->Q;
+            for (int i = 0; i < tl->Q; i++) b[i] = ld(t, o + i * ps, bf16);
+        }
+}
+
+/* The inverse of gather(). */
+AI void scatter(const float *restrict buf, void *t, const geo_t *g, const tile_t *tl, int64_t K, int bf16, int nhwc) {
+    const int64_t ps = pstride(g, K, nhwc);
+    for (int r = 0; r < tl->rows; r++)
+        for (int64_t k = 0; k < K; k++) {
+            const int64_t o = at(g, tl, K, r, k, nhwc);
+            const float *restrict b = buf + k * TB + r * tl->Q;
+            for (int i = 0; i < tl->Q; i++) st(t, o + i * ps, b[i], bf16);
+        }
+}
+
+/* ---- noise --------------------------------------------------------------------------- */
+
+/* Philox4x32-10 of the TQ counters (w[0][i], w[1][i], w[2][i], w[3][i]) with key seed, in
+ * place. With AVX-512 in hand-written vectors (sixteen generators a register), elsewhere in
+ * plain arrays that the compiler may vectorise; both give the same words. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* High and low 32 bits of the sixteen 32x32-bit products a_i * m_i. */
+static inline void mulhilo16(__m512i a, __m512i m, __m512i *hi, __m512i *lo) {
+    const __m512i even = _mm512_mul_epu32(a, m), odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+    *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+    *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+
+static void philox(uint32_t w[4][TQ], uint64_t seed) {
+    const __m512i m0 = _mm512_set1_epi32((int)PHILOX_M0), m1 = _mm512_set1_epi32((int)PHILOX_M1);
+    __m512i v[4][TQ / 16];
+    for (int l = 0; l < 4; l++)
+        for (int j = 0; j < TQ / 16; j++) v[l][j] = _mm512_loadu_si512(w[l] + 16 * j);
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    uint32_t w0[GROUPS], w1[GROUPS], w2[GROUPS], w3[GROUPS];
-    for (int g = 0; g < GROUPS; g++) w0[g] = (uint32_t)g, w1[g] = (uint32_t)c, w2[g] = (uint32_t)(c >> 32), w3[g] = k;
     for (int round = 0; round < 10; round++) {
-        for (int g = 0; g < GROUPS; g++) {
-            const uint64_t p0 = (uint64_t)PHILOX_M0 * w0[g], p1 = (uint64_t)PHILOX_M1 * w2[g];
-            const uint32_t n0 = (uint32_t)(p1 >> 32) ^ w1[g] ^ k0, n2 = (uint32_t)(p0 >> 32) ^ w3[g] ^ k1;
-            w1[g] = (uint32_t)p1, w3[g] = (uint32_t)p0, w0[g] = n0, w2[g] = n2;
+        const __m512i key0 = _mm512_set1_epi32((int)k0), key1 = _mm512_set1_epi32((int)k1);
+        for (int j = 0; j < TQ / 16; j++) {
+            __m512i hi0, lo0, hi1, lo1;
+            mulhilo16(v[0][j], m0, &hi0, &lo0);
+            mulhilo16(v[2][j], m1, &hi1, &lo1);
+            v[0][j] = _mm512_xor_si512(_mm512_xor_si512(hi1, v[1][j]), key0);
+            v[2][j] = _mm512_xor_si512(_mm512_xor_si512(hi0, v[3][j]), key1);
+            v[1][j] = lo1;
+            v[3][j] = lo0;
         }
         k0 += PHILOX_W0;
         k1 += PHILOX_W1;
     }
-    const uint32_t *words[4] = {w0, w1, w2, w3};
-    for (int lane = 0; lane < 4; lane++)
-        for (int g = 0; g < GROUPS; g++)
-            u[lane * GROUPS + g] = fminf(((float)(words[lane][g] >> 8) + 0.5f) * (1.0f / 16777216.0f), U_MAX);
+    for (int l = 0; l < 4; l++)
+        for (int j = 0; j < TQ / 16; j++) _mm512_storeu_si512(w[l] + 16 * j, v[l][j]);
+}
+#else
+static void philox(uint32_t w[4][TQ], uint64_t seed) {
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int round = 0; round < 10; round++) {
+        for (int i = 0; i < TQ; i++) {
+            const uint64_t p0 = (uint64_t)PHILOX_M0 * w[0][i], p1 = (uint64_t)PHILOX_M1 * w[2][i];
+            const uint32_t n0 = (uint32_t)(p1 >> 32) ^ w[1][i] ^ k0, n2 = (uint32_t)(p0 >> 32) ^ w[3][i] ^ k1;
+            w[1][i] = (uint32_t)p1, w[3][i] = (uint32_t)p0, w[0][i] = n0, w[2][i] = n2;
+        }
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
+    }
 }
 #endif
 
-/* Visit blocks [j0, j1) of one chunk of a tensor with K units per block as runs that are
- * contiguous within a row: calls BODY(off, n, q) for n blocks whose first unit starts at
- * offset `off` and whose chunk-local index starts at q. */
-#define FOR_RUNS(K, S, j0, j1, BODY)                                \
-    for (int64_t j = (j0); j < (j1);) {                             \
-        const int64_t r = j / (S), p = j % (S);                     \
-        const int64_t n = ((S) - p) < ((j1) - j) ? ((S) - p) : ((j1) - j); \
-        BODY(r * (K) * (S) + p, n, j - (j0));                       \
-        j += n;                                                     \
+/* The draws of unit k for the tile's TQ positions: w[m][i], word m of position i's draw. */
+static void draw(uint32_t w[4][TQ], uint64_t seed, const tile_t *tl, uint32_t k) {
+    for (int i = 0; i < TQ; i++) {
+        const uint64_t q = (uint64_t)tl->q0 + (uint64_t)i;
+        w[0][i] = (uint32_t)q, w[1][i] = (uint32_t)(q >> 32), w[2][i] = (uint32_t)tl->g8, w[3][i] = k;
     }
+    philox(w, seed);
+}
+
+/* The uniform of block row r at position i from the draws: half-word r (see the header). */
+#define UNIFORM(w, r, i) (((float)(((w)[(r) >> 1][i] >> (16 * ((r) & 1))) & 0xFFFFu) + 0.5f) * (1.0f / 65536.0f))
+
+/* The uniforms of the tile's blocks from its draws: block (r, i) at u[r*Q + i], or with
+ * `by_position` at u[i*8 + r] (the order of a channels_last tile in memory). */
+static void spread(float *restrict u, const uint32_t w[4][TQ], const tile_t *tl, int by_position) {
+    if (by_position) {
+        for (int i = 0; i < tl->Q; i++)
+            for (int r = 0; r < 8; r++) u[i * 8 + r] = UNIFORM(w, r, i);
+        return;
+    }
+    for (int r = 0; r < tl->rows; r++)
+        for (int i = 0; i < tl->Q; i++) u[r * tl->Q + i] = UNIFORM(w, r, i);
+}
+
+static void fill(float *restrict u, uint64_t seed, const tile_t *tl, uint32_t k, int by_position) {
+    uint32_t w[4][TQ];
+    draw(w, seed, tl, k);
+    spread(u, (const uint32_t(*)[TQ])w, tl, by_position);
+}
+
+/* Gumbel noise -log(-log u) for the U units of the tile, laid out as gather()'s. */
+static void gumbel(float *g, int64_t U, uint64_t seed, const tile_t *tl, int n) {
+    for (int64_t k = 0; k < U; k++) {
+        float *restrict gk = g + k * TB;
+        fill(gk, seed, tl, (uint32_t)k, 0);
+        for (int o = 0; o < n; o++) gk[o] = -logf(-logf(gk[o]));
+    }
+}
 
 /* expf's argument is kept below 80: under -ffast-math the division may be a reciprocal
  * estimate refined by a Newton step, which turns 1/inf into NaN. */
 static inline float exp_(float z) { return expf(fminf(z, 80.0f)); }
 static inline float sigmoidf_(float z) { return 1.0f / (1.0f + exp_(-z)); }
 
-/* ---- U = 2 ------------------------------------------------------------------------ */
+/* ---- competition within the tile (arrays as gather()'s, n blocks) --------------------- */
 
-/* Exact one-hot sample of pairs. y gets the winner's response; idx (may be NULL) the
- * winner's index (0: the first unit). */
-static void sample2(const float *x, float *y, uint8_t *idx, int64_t R, int64_t S, uint64_t seed, int threads) {
-    const int64_t B = R * S, chunks = (B + CHUNK - 1) / CHUNK;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t c = 0; c < chunks; c++) {
-        float u[CHUNK];
-        fill(u, seed, (uint64_t)c, 0);
-        const int64_t j0 = c * CHUNK, j1 = j0 + CHUNK < B ? j0 + CHUNK : B;
-#define SAMPLE_RUN(off, n, q)                                                   \
-        {                                                                       \
-            const float *a = x + (off), *b = a + S;                             \
-            float *ya = y + (off), *yb = ya + S;                                \
-            const float *uu = u + (q);                                          \
-            uint8_t *m = idx ? idx + j : 0;                                     \
-            _Pragma("GCC ivdep") /* y may be x: each block is read before it is written */ \
-            for (int64_t i = 0; i < (n); i++) {                                 \
-                const int win = uu[i] * (1.0f + exp_(b[i] - a[i])) < 1.0f;      \
-                ya[i] = win ? a[i] : 0.0f;                                      \
-                yb[i] = win ? 0.0f : b[i];                                      \
-                if (m) m[i] = (uint8_t)!win;                                    \
-            }                                                                   \
-        }
-        FOR_RUNS(2, S, j0, j1, SAMPLE_RUN)
-    }
-}
-
-/* Concrete relaxation of pairs at temperature tau: y = (a*w, b*(1-w)) with w = s, or with
- * `hard` w = [s > 1/2]. Writes d = a - b (may be NULL: no backward) and returns the KL of
- * q = softmax(a, b) to the uniform prior summed over all blocks (0 unless want_kl). */
-static double relaxed2(const float *x, float *y, float *d, int64_t R, int64_t S, uint64_t seed, float tau, int hard,
-                       int want_kl, int threads) {
-    const int64_t B = R * S, chunks = (B + CHUNK - 1) / CHUNK;
-    const float inv_tau = 1.0f / tau, log2 = 0.69314718f;
-    double kl = 0.0;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1) reduction(+ : kl)
-    for (int64_t c = 0; c < chunks; c++) {
-        float u[CHUNK];
-        fill(u, seed, (uint64_t)c, 0);
-        const int64_t j0 = c * CHUNK, j1 = j0 + CHUNK < B ? j0 + CHUNK : B;
-        float acc = 0.0f;
-#define RELAXED_RUN(off, n, q)                                                  \
-        {                                                                       \
-            const float *restrict a = x + (off), *restrict b = a + S;                             \
-            float *restrict ya = y + (off), *restrict yb = ya + S;                                \
-            const float *restrict uu = u + (q);                                          \
-            float *restrict dd = d ? d + j : 0;                                          \
-            for (int64_t i = 0; i < (n); i++) {                                 \
-                const float di = a[i] - b[i];                                   \
-                const float v = di + logf(uu[i] / (1.0f - uu[i]));              \
-                const float w = hard ? (float)(v > 0.0f) : sigmoidf_(v * inv_tau); \
-                ya[i] = a[i] * w;                                               \
-                yb[i] = b[i] * (1.0f - w);                                      \
-                if (dd) dd[i] = di;                                             \
-            }                                                                   \
-            if (want_kl)                                                        \
-                for (int64_t i = 0; i < (n); i++) {                             \
-                    const float di = a[i] - b[i];                               \
-                    /* KL = log 2 + s0*d - softplus(d), s0 = sigmoid(d), written    \
-                     * with e = exp(-|d|) to avoid cancellation at large |d|; log(1 + e) \
-                     * rather than log1p(e) (a quarter faster here): they differ only   \
-                     * for e < 2^-24, below float resolution of a block's KL (~log 2) */ \
-                    const float e = expf(-fabsf(di));                           \
-                    acc += log2 - e / (1.0f + e) * fabsf(di) - logf(1.0f + e);  \
-                }                                                               \
-        }
-        FOR_RUNS(2, S, j0, j1, RELAXED_RUN)
-        kl += acc;
-    }
-    return kl;
-}
-
-/* One run of n blocks of relaxed2_backward (below). */
-static inline void relaxed2_backward_run(const float *restrict ga, const float *restrict gb, const float *restrict ya,
-                                         const float *restrict yb, const float *restrict d, const float *restrict u,
-                                         float *restrict xa, float *restrict xb, int64_t n, float inv_tau, int hard,
-                                         float kl_scale) {
-    for (int64_t i = 0; i < n; i++) {
-        const float v = d[i] + logf(u[i] / (1.0f - u[i])); /* as in the forward */
-        const float s = sigmoidf_(v * inv_tau), w = hard ? (float)(v > 0.0f) : s;
-        const float b = ya[i] + yb[i] - d[i] * w, a = b + d[i];
-        const float s0 = sigmoidf_(d[i]);
-        const float t = (ga[i] * a - gb[i] * b) * s * (1.0f - s) * inv_tau + kl_scale * d[i] * s0 * (1.0f - s0);
-        xa[i] = ga[i] * w + t;
-        xb[i] = gb[i] * (1.0f - w) - t;
-    }
-}
-
-/* Backward of relaxed2 from its output y and the saved d (see the header). */
-static void relaxed2_backward(const float *gy, const float *y, const float *d, float *gx, int64_t R, int64_t S,
-                              uint64_t seed, float tau, int hard, float kl_scale, int threads) {
-    const int64_t B = R * S, chunks = (B + CHUNK - 1) / CHUNK;
-    const float inv_tau = 1.0f / tau;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t c = 0; c < chunks; c++) {
-        float u[CHUNK];
-        fill(u, seed, (uint64_t)c, 0);
-        const int64_t j0 = c * CHUNK, j1 = j0 + CHUNK < B ? j0 + CHUNK : B;
-/* `hard` as a literal at each inlined call: gcc vectorises the loop only then */
-#define RELAXED_BACKWARD_RUN(off, n, q, HARD) \
-        relaxed2_backward_run(gy + (off), gy + (off) + S, y + (off), y + (off) + S, d + j, u + (q), \
-                              gx + (off), gx + (off) + S, n, inv_tau, HARD, kl_scale);
-#define SOFT_BACKWARD_RUN(off, n, q) RELAXED_BACKWARD_RUN(off, n, q, 0)
-#define HARD_BACKWARD_RUN(off, n, q) RELAXED_BACKWARD_RUN(off, n, q, 1)
-        if (hard) {
-            FOR_RUNS(2, S, j0, j1, HARD_BACKWARD_RUN)
-        } else {
-            FOR_RUNS(2, S, j0, j1, SOFT_BACKWARD_RUN)
-        }
-    }
-}
-
-/* ---- general U ---------------------------------------------------------------------- */
-
-/* Copy the K units of blocks [j0, j1) of t (K units per block) to buf, unit k of block
- * j0 + o at buf[k*CHUNK + o]. */
-static void gather(const float *restrict t, float *restrict buf, int64_t K, int64_t S, int64_t j0, int64_t j1) {
-#define GATHER_RUN(off, n, q)                                                   \
-    for (int64_t k = 0; k < K; k++)                                             \
-        for (int64_t i = 0; i < (n); i++) buf[k * CHUNK + (q) + i] = t[(off) + k * S + i];
-    FOR_RUNS(K, S, j0, j1, GATHER_RUN)
-}
-
-/* The inverse of gather(). */
-static void scatter(const float *restrict buf, float *restrict t, int64_t K, int64_t S, int64_t j0, int64_t j1) {
-#define SCATTER_RUN(off, n, q)                                                  \
-    for (int64_t k = 0; k < K; k++)                                             \
-        for (int64_t i = 0; i < (n); i++) t[(off) + k * S + i] = buf[k * CHUNK + (q) + i];
-    FOR_RUNS(K, S, j0, j1, SCATTER_RUN)
-}
-
-/* Gumbel noise -log(-log u) for the U units of chunk c, laid out as gather()'s. */
-static void gumbel(float *g, int64_t U, uint64_t seed, uint64_t c) {
-    for (int64_t k = 0; k < U; k++) {
-        float *gk = g + k * CHUNK;
-        fill(gk, seed, c, (uint32_t)k);
-        for (int o = 0; o < CHUNK; o++) gk[o] = -logf(-logf(gk[o]));
-    }
-}
-
-/* In place scores z_k = (a_k + z_k) * scale for n blocks (arrays as gather()'s); m and arg
- * get each block's largest score and its unit (branch-free, so that it vectorises). */
+/* In place z_k = (a_k + z_k) * scale; m and arg get each block's largest score and its unit
+ * (branch-free, so that it vectorises). */
 static void scores(const float *restrict a, float *restrict z, float *restrict m, uint8_t *restrict arg, int64_t U,
-                   int64_t n, float scale) {
-    for (int64_t o = 0; o < n; o++) m[o] = z[o] = (a[o] + z[o]) * scale, arg[o] = 0;
+                   int n, float scale) {
+    for (int o = 0; o < n; o++) m[o] = z[o] = (a[o] + z[o]) * scale, arg[o] = 0;
     for (int64_t k = 1; k < U; k++)
-        for (int64_t o = 0; o < n; o++) {
-            const float v = (a[k * CHUNK + o] + z[k * CHUNK + o]) * scale;
+        for (int o = 0; o < n; o++) {
+            const float v = (a[k * TB + o] + z[k * TB + o]) * scale;
             const int better = v > m[o];
-            z[k * CHUNK + o] = v;
+            z[k * TB + o] = v;
             m[o] = better ? v : m[o];
             arg[o] = better ? (uint8_t)k : arg[o];
         }
 }
 
-/* In place z_k = (d_k + g_k) / tau -> relaxed weights s_k = softmax_k(z) for n blocks
- * (arrays as gather()'s); arg gets argmax_k z_k. */
-static void relaxed_weights(const float *restrict d, float *restrict z, uint8_t *restrict arg, int64_t U, int64_t n,
-                            float inv_tau) {
-    float m[CHUNK], sum[CHUNK];
-    scores(d, z, m, arg, U, n, inv_tau);
-    for (int64_t o = 0; o < n; o++) sum[o] = 0.0f;
-    for (int64_t k = 0; k < U; k++)
-        for (int64_t o = 0; o < n; o++) sum[o] += z[k * CHUNK + o] = expf(z[k * CHUNK + o] - m[o]);
-    for (int64_t o = 0; o < n; o++) sum[o] = 1.0f / sum[o];
-    for (int64_t k = 0; k < U; k++)
-        for (int64_t o = 0; o < n; o++) z[k * CHUNK + o] *= sum[o];
-}
 
-/* In place h_k = 0 unless k = arg for n blocks (arrays as gather()'s): the winner keeps its response. */
-static void keep_winner(float *restrict h, const uint8_t *restrict arg, int64_t U, int64_t n) {
+/* In place h_k = 0 unless k = arg: the winner keeps its response. */
+static void keep_winner(float *restrict h, const uint8_t *restrict arg, int64_t U, int n) {
     for (int64_t k = 0; k < U; k++) {
         const uint8_t unit = (uint8_t)k;
-        for (int64_t o = 0; o < n; o++) h[k * CHUNK + o] = arg[o] == unit ? h[k * CHUNK + o] : 0.0f;
+        for (int o = 0; o < n; o++) h[k * TB + o] = arg[o] == unit ? h[k * TB + o] : 0.0f;
     }
 }
 
-/* Sum over n blocks of KL[softmax(h) || uniform] = sum_k q_k (h_k - m) - log sum_k e^(h_k - m) + log U. */
-static float kl_sum(const float *restrict h, int64_t U, int64_t n) {
-    float m[CHUNK], se[CHUNK], sh[CHUNK], acc = 0.0f;
-    for (int64_t o = 0; o < n; o++) m[o] = h[o], se[o] = sh[o] = 0.0f;
-    for (int64_t k = 1; k < U; k++)
-        for (int64_t o = 0; o < n; o++) m[o] = fmaxf(m[o], h[k * CHUNK + o]);
+/* Relaxed weights s_k = softmax_k((d_k + g_k) / tau) of each block from d_k = h_k - h_{U-1}
+ * (d_{U-1} = 0), and arg = argmax_k s_k. */
+static void relaxed_weights(const float *restrict d, float *restrict s, uint8_t *restrict arg, int64_t U,
+                            uint64_t seed, const tile_t *tl, int n, float inv_tau) {
+    float m[TB], sum[TB];
+    gumbel(s, U, seed, tl, n);
+    scores(d, s, m, arg, U, n, inv_tau);
+    for (int o = 0; o < n; o++) sum[o] = 0.0f;
     for (int64_t k = 0; k < U; k++)
-        for (int64_t o = 0; o < n; o++) {
-            const float v = h[k * CHUNK + o] - m[o], e = expf(v);
+        for (int o = 0; o < n; o++) sum[o] += s[k * TB + o] = expf(s[k * TB + o] - m[o]);
+    for (int o = 0; o < n; o++) sum[o] = 1.0f / sum[o];
+    for (int64_t k = 0; k < U; k++)
+        for (int o = 0; o < n; o++) s[k * TB + o] *= sum[o];
+}
+
+/* Sum over n blocks of KL[softmax(h) || uniform] = sum_k q_k (h_k - m) - log sum_k e^(h_k - m) + log U. */
+static float kl_sum(const float *restrict h, int64_t U, int n) {
+    float acc = 0.0f, m[TB], se[TB], sh[TB];
+    for (int o = 0; o < n; o++) m[o] = h[o], se[o] = sh[o] = 0.0f;
+    for (int64_t k = 1; k < U; k++)
+        for (int o = 0; o < n; o++) m[o] = fmaxf(m[o], h[k * TB + o]);
+    for (int64_t k = 0; k < U; k++)
+        for (int o = 0; o < n; o++) {
+            const float v = h[k * TB + o] - m[o], e = expf(v);
             se[o] += e;
             sh[o] += e * v;
         }
     const float logU = logf((float)U);
-    for (int64_t o = 0; o < n; o++) acc += sh[o] / se[o] - logf(se[o]) + logU;
+    for (int o = 0; o < n; o++) acc += sh[o] / se[o] - logf(se[o]) + logU;
     return acc;
 }
 
-/* lwta_sample for U > 2. */
-static void sample_u(const float *x, float *y, uint8_t *idx, int64_t R, int64_t U, int64_t S, uint64_t seed,
-                     int threads) {
-    const int64_t B = R * S, chunks = (B + CHUNK - 1) / CHUNK;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t c = 0; c < chunks; c++) {
-        float h[MAX_U * CHUNK], g[MAX_U * CHUNK], m[CHUNK];
-        uint8_t arg[CHUNK];
-        const int64_t j0 = c * CHUNK, j1 = j0 + CHUNK < B ? j0 + CHUNK : B, n = j1 - j0;
-        gather(x, h, U, S, j0, j1);
-        gumbel(g, U, seed, (uint64_t)c);
-        scores(h, g, m, arg, U, n, 1.0f);
-        keep_winner(h, arg, U, n);
-        scatter(h, y, U, S, j0, j1);
-        if (idx)
-            for (int64_t o = 0; o < n; o++) idx[j0 + o] = arg[o];
+/* ---- U = 2: straight from memory, one uniform a block -------------------------------- */
+
+/* Run the body (the macro's last argument) for every block of the tile in memory order, with
+ * oa, ob the offsets of its units a and b, oj its offset in a tensor of one unit a block (idx,
+ * d), uu its uniform: from the draws w (NCHW: a row's uniforms lie in one word of each draw),
+ * or from spread(ub, w, tl, 1) (channels_last). Blocks are visited once each, so the body may
+ * read and write them in place (ivdep). */
+#define FOR_PAIRS(g, tl, nhwc, w, ub, ...)                                                  \
+    if (nhwc) {                                                                             \
+        for (int i = 0; i < (tl).Q; i++) {                                                  \
+            const int64_t oj0 = ((tl).q0 + i) * (g)->G + (tl).g8 * 8;                       \
+            _Pragma("GCC ivdep") for (int r = 0; r < (tl).rows; r++) {                      \
+                const int64_t oj = oj0 + r, oa = 2 * oj, ob = oa + 1;                       \
+                const float uu = (ub)[i * 8 + r];                                           \
+                __VA_ARGS__                                                                 \
+            }                                                                               \
+        }                                                                                   \
+    } else {                                                                                \
+        for (int r = 0; r < (tl).rows; r++) {                                               \
+            const int64_t row = (tl).n * (g)->G + (tl).g8 * 8 + r;                          \
+            const int64_t oj0 = row * (g)->S + (tl).p0, oa0 = 2 * row * (g)->S + (tl).p0;   \
+            _Pragma("GCC ivdep") for (int i = 0; i < (tl).Q; i++) {                         \
+                const int64_t oj = oj0 + i, oa = oa0 + i, ob = oa + (g)->S;                 \
+                const float uu = UNIFORM(w, r, i);                                          \
+                __VA_ARGS__                                                                        \
+            }                                                                               \
+        }                                                                                   \
     }
+
+/* The tile's draws w, and for channels_last its uniforms u in memory order. */
+#define DRAW_PAIRS(seed, g, tl, nhwc)                                                       \
+    uint32_t w[4][TQ];                                                                      \
+    float u[TB];                                                                            \
+    draw(w, seed, tl, 0);                                                                   \
+    if (nhwc) spread(u, (const uint32_t(*)[TQ])w, tl, 1);
+
+/* Exact sample of pairs: a wins iff u < sigmoid(a - b), written without a division. */
+AI void sample2_run(const void *x, void *y, uint8_t *idx, const geo_t *g, const tile_t *tl, const uint32_t w[4][TQ],
+                    const float *u, int save, int nhwc, int bf16) {
+    FOR_PAIRS(g, *tl, nhwc, w, u, {
+        const float a = ld(x, oa, bf16), b = ld(x, ob, bf16);
+        const int win = uu * (1.0f + exp_(b - a)) < 1.0f;
+        st(y, oa, win ? a : 0.0f, bf16);
+        st(y, ob, win ? 0.0f : b, bf16);
+        if (save) idx[oj] = (uint8_t)!win;
+    })
 }
 
-/* lwta_relaxed for U > 2: y from the weights, d_k = h_k - h_{U-1}, the KL from h. */
-static double relaxed_u(const float *x, float *y, float *d, int64_t R, int64_t U, int64_t S, uint64_t seed,
-                        float tau, int hard, int want_kl, int threads) {
-    const int64_t B = R * S, chunks = (B + CHUNK - 1) / CHUNK;
-    const float inv_tau = 1.0f / tau;
-    double kl = 0.0;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1) reduction(+ : kl)
-    for (int64_t c = 0; c < chunks; c++) {
-        float h[MAX_U * CHUNK], dv[MAX_U * CHUNK], w[MAX_U * CHUNK];
-        uint8_t arg[CHUNK];
-        const int64_t j0 = c * CHUNK, j1 = j0 + CHUNK < B ? j0 + CHUNK : B, n = j1 - j0;
-        const float *last = h + (U - 1) * CHUNK;
-        gather(x, h, U, S, j0, j1);
-        for (int64_t k = 0; k < U; k++)
-            for (int64_t o = 0; o < n; o++) dv[k * CHUNK + o] = h[k * CHUNK + o] - last[o];
-        gumbel(w, U, seed, (uint64_t)c);
-        relaxed_weights(dv, w, arg, U, n, inv_tau);
-        if (want_kl) kl += kl_sum(h, U, n);
-        if (d) scatter(dv, d, U - 1, S, j0, j1);
-        if (hard) keep_winner(h, arg, U, n);
-        else
-            for (int64_t k = 0; k < U; k++)
-                for (int64_t o = 0; o < n; o++) h[k * CHUNK + o] *= w[k * CHUNK + o];
-        scatter(h, y, U, S, j0, j1);
-    }
-    return kl;
+AI void sample2_tile(const void *x, void *y, uint8_t *idx, const geo_t *g, const tile_t *tl, uint64_t seed, int nhwc,
+                     int bf16) {
+    DRAW_PAIRS(seed, g, tl, nhwc);
+    if (idx) sample2_run(x, y, idx, g, tl, w, u, 1, nhwc, bf16); /* flags as literals: loops without branches */
+    else sample2_run(x, y, idx, g, tl, w, u, 0, nhwc, bf16);
 }
 
-/* lwta_relaxed_backward for U > 2 (see the header for how the input comes back). */
-static void relaxed_u_backward(const float *gy, const float *y, const float *d, float *gx, int64_t R, int64_t U,
-                               int64_t S, uint64_t seed, float tau, int hard, float kl_scale, int threads) {
-    const int64_t B = R * S, chunks = (B + CHUNK - 1) / CHUNK;
-    const float inv_tau = 1.0f / tau;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t c = 0; c < chunks; c++) {
-        float g[MAX_U * CHUNK], h[MAX_U * CHUNK], dv[MAX_U * CHUNK], s[MAX_U * CHUNK];
-        float ref[CHUNK], a[CHUNK], md[CHUNK], qs[CHUNK], qd[CHUNK];
-        uint8_t arg[CHUNK];
-        const int64_t j0 = c * CHUNK, j1 = j0 + CHUNK < B ? j0 + CHUNK : B, n = j1 - j0;
-        gather(gy, g, U, S, j0, j1);
-        gather(y, h, U, S, j0, j1);
-        gather(d, dv, U - 1, S, j0, j1);
-        for (int64_t o = 0; o < n; o++) dv[(U - 1) * CHUNK + o] = 0.0f;
-        gumbel(s, U, seed, (uint64_t)c);
-        relaxed_weights(dv, s, arg, U, n, inv_tau); /* as in the forward */
-        /* the input: h_{U-1} = sum_k y_k - sum_k w_k d_k, h_k = h_{U-1} + d_k */
-        for (int64_t o = 0; o < n; o++) ref[o] = a[o] = 0.0f;
-        for (int64_t k = 0; k < U; k++)
-            for (int64_t o = 0; o < n; o++)
-                ref[o] += h[k * CHUNK + o] - dv[k * CHUNK + o] * (hard ? (float)(arg[o] == k) : s[k * CHUNK + o]);
-        for (int64_t k = 0; k < U; k++)
-            for (int64_t o = 0; o < n; o++) {
-                h[k * CHUNK + o] = ref[o] + dv[k * CHUNK + o];
-                a[o] += g[k * CHUNK + o] * h[k * CHUNK + o] * s[k * CHUNK + o];
-            }
-        /* d/dh_k of sum_l g_l h_l w_l: g_k w_k + s_k (g_k h_k - sum_l g_l h_l s_l) / tau */
-        for (int64_t k = 0; k < U; k++)
-            for (int64_t o = 0; o < n; o++) {
-                const float gk = g[k * CHUNK + o], sk = s[k * CHUNK + o], wk = hard ? (float)(arg[o] == k) : sk;
-                h[k * CHUNK + o] = gk * wk + sk * (gk * h[k * CHUNK + o] - a[o]) * inv_tau;
-            }
-        if (kl_scale != 0.0f) { /* d KL / dh_k = q_k (d_k - sum_l q_l d_l), q = softmax(d) */
-            for (int64_t o = 0; o < n; o++) md[o] = 0.0f, qs[o] = qd[o] = 0.0f;
-            for (int64_t k = 0; k < U; k++)
-                for (int64_t o = 0; o < n; o++) md[o] = fmaxf(md[o], dv[k * CHUNK + o]);
-            for (int64_t k = 0; k < U; k++)
-                for (int64_t o = 0; o < n; o++) {
-                    const float q = expf(dv[k * CHUNK + o] - md[o]);
-                    g[k * CHUNK + o] = q;
-                    qs[o] += q;
-                    qd[o] += q * dv[k * CHUNK + o];
-                }
-            for (int64_t o = 0; o < n; o++) qs[o] = 1.0f / qs[o], qd[o] *= qs[o];
-            for (int64_t k = 0; k < U; k++)
-                for (int64_t o = 0; o < n; o++)
-                    h[k * CHUNK + o] += kl_scale * g[k * CHUNK + o] * qs[o] * (dv[k * CHUNK + o] - qd[o]);
+AI void sample2_backward_tile(const void *gy, const uint8_t *idx, void *gx, const geo_t *g, const tile_t *tl,
+                              int nhwc, int bf16) {
+    const uint32_t(*w)[TQ] = 0;
+    const float *u = 0;
+    FOR_PAIRS(g, *tl, nhwc, w, u, {
+        const float ga = ld(gy, oa, bf16), gb = ld(gy, ob, bf16);
+        const uint8_t second = idx[oj];
+        st(gx, oa, second == 0 ? ga : 0.0f, bf16);
+        st(gx, ob, second == 0 ? 0.0f : gb, bf16);
+        (void)uu;
+    })
+}
+
+/* Concrete relaxation of pairs: y = (a*w, b*(1-w)), w = sigmoid((d + logit u) / tau), d = a - b,
+ * or with `hard` w = [d + logit u > 0]; d saved (if not NULL). Returns the tile's summed KL of
+ * softmax(a, b) to the uniform prior if want_kl: log 2 + s0*d - softplus(d), s0 = sigmoid(d),
+ * written with e = exp(-|d|) against cancellation at large |d|; log(1 + e) rather than
+ * log1p(e) (a quarter faster here): they differ only for e < 2^-24, below float resolution of
+ * a block's KL (~log 2). */
+AI float relaxed2_run(const void *x, void *y, float *d, const geo_t *g, const tile_t *tl, const uint32_t w[4][TQ],
+                      const float *u, float inv_tau, int hard, int want_kl, int save, int nhwc, int bf16) {
+    float acc = 0.0f;
+    const float log2 = 0.69314718f;
+    FOR_PAIRS(g, *tl, nhwc, w, u, {
+        const float a = ld(x, oa, bf16), b = ld(x, ob, bf16), di = a - b;
+        const float v = di + logf(uu / (1.0f - uu));
+        const float wa = hard ? (float)(v > 0.0f) : sigmoidf_(v * inv_tau);
+        st(y, oa, a * wa, bf16);
+        st(y, ob, b * (1.0f - wa), bf16);
+        if (save) d[oj] = di;
+    })
+    if (want_kl) { /* a loop of its own, so that y's loop is the same code with and without it */
+        FOR_PAIRS(g, *tl, nhwc, w, u, {
+            const float di = fabsf(ld(x, oa, bf16) - ld(x, ob, bf16)), e = expf(-di);
+            acc += log2 - e / (1.0f + e) * di - logf(1.0f + e);
+            (void)oj, (void)uu;
+        })
+    }
+    return acc;
+}
+
+AI float relaxed2_tile(const void *x, void *y, float *d, const geo_t *g, const tile_t *tl, uint64_t seed,
+                       float inv_tau, int hard, int want_kl, int nhwc, int bf16) {
+    DRAW_PAIRS(seed, g, tl, nhwc);
+    /* the flags as literals: loops without branches */
+#define RELAXED2(HARD, KL) (d ? relaxed2_run(x, y, d, g, tl, w, u, inv_tau, HARD, KL, 1, nhwc, bf16) \
+                              : relaxed2_run(x, y, d, g, tl, w, u, inv_tau, HARD, KL, 0, nhwc, bf16))
+    return hard ? (want_kl ? RELAXED2(1, 1) : RELAXED2(1, 0)) : (want_kl ? RELAXED2(0, 1) : RELAXED2(0, 0));
+#undef RELAXED2
+}
+
+/* Backward of relaxed2_tile from y and d: b = y_a + y_b - d*w, a = b + d. */
+AI void relaxed2_backward_tile(const void *gy, const void *y, const float *d, void *gx, const geo_t *g,
+                               const tile_t *tl, uint64_t seed, float inv_tau, int hard, float kl_scale, int nhwc,
+                               int bf16) {
+    DRAW_PAIRS(seed, g, tl, nhwc);
+    FOR_PAIRS(g, *tl, nhwc, w, u, {
+        const float di = d[oj], v = di + logf(uu / (1.0f - uu)); /* as in the forward */
+        const float s = sigmoidf_(v * inv_tau), wa = hard ? (float)(v > 0.0f) : s;
+        const float ga = ld(gy, oa, bf16), gb = ld(gy, ob, bf16);
+        const float b = ld(y, oa, bf16) + ld(y, ob, bf16) - di * wa, a = b + di;
+        const float s0 = sigmoidf_(di);
+        const float t = (ga * a - gb * b) * s * (1.0f - s) * inv_tau + kl_scale * di * s0 * (1.0f - s0);
+        st(gx, oa, ga * wa + t, bf16);
+        st(gx, ob, gb * (1.0f - wa) - t, bf16);
+    })
+}
+
+/* ---- the kernels, one tile at a time -------------------------------------------------- */
+
+/* Exact sample: y gets the winners' responses (y may be x), idx (may be NULL) their units. */
+AI void sample_tile(const void *x, void *y, uint8_t *idx, const geo_t *g, int64_t t, uint64_t seed, int nhwc,
+                    int bf16) {
+    const tile_t tl = tile_of(g, t, nhwc);
+    if (g->U == 2) {
+        sample2_tile(x, y, idx, g, &tl, seed, nhwc, bf16);
+        return;
+    }
+    float h[MAX_U * TB], e[MAX_U * TB], m[TB];
+    uint8_t arg[TB];
+    const int n = tl.rows * tl.Q;
+    gather(x, h, g, &tl, g->U, bf16, nhwc);
+    gumbel(e, g->U, seed, &tl, n);
+    scores(h, e, m, arg, g->U, n, 1.0f);
+    keep_winner(h, arg, g->U, n);
+    scatter(h, y, g, &tl, g->U, bf16, nhwc);
+    if (idx) {
+        const int64_t ps = pstride(g, 1, nhwc);
+        for (int r = 0; r < tl.rows; r++) {
+            const int64_t o = at(g, &tl, 1, r, 0, nhwc);
+            for (int i = 0; i < tl.Q; i++) idx[o + i * ps] = arg[r * tl.Q + i];
         }
-        scatter(h, gx, U, S, j0, j1);
     }
-}
-
-/* ---- entry points: U=2 takes its own path ------------------------------------------- */
-
-/* Exact one-hot sample. y gets the winner's response; idx (may be NULL) its index in the block. */
-void lwta_sample(const float *x, float *y, uint8_t *idx, int64_t R, int64_t U, int64_t S, uint64_t seed,
-                 int threads) {
-    if (U == 2) sample2(x, y, idx, R, S, seed, threads);
-    else sample_u(x, y, idx, R, U, S, seed, threads);
 }
 
 /* Backward of the exact sample: the gradient goes to the winner. */
-void lwta_sample_backward(const float *gy, const uint8_t *idx, float *gx, int64_t R, int64_t U, int64_t S,
-                          int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t k = 0; k < U; k++) {
-            const float *restrict g = gy + (r * U + k) * S;
-            float *restrict out = gx + (r * U + k) * S;
-            const uint8_t *restrict m = idx + r * S, unit = (uint8_t)k;
-            for (int64_t i = 0; i < S; i++) out[i] = m[i] == unit ? g[i] : 0.0f;
+AI void sample_backward_tile(const void *gy, const uint8_t *idx, void *gx, const geo_t *g, int64_t t, int nhwc,
+                             int bf16) {
+    const tile_t tl = tile_of(g, t, nhwc);
+    if (g->U == 2) {
+        sample2_backward_tile(gy, idx, gx, g, &tl, nhwc, bf16);
+        return;
+    }
+    float h[MAX_U * TB];
+    uint8_t arg[TB];
+    const int64_t ps = pstride(g, 1, nhwc);
+    for (int r = 0; r < tl.rows; r++) {
+        const int64_t o = at(g, &tl, 1, r, 0, nhwc);
+        for (int i = 0; i < tl.Q; i++) arg[r * tl.Q + i] = idx[o + i * ps];
+    }
+    gather(gy, h, g, &tl, g->U, bf16, nhwc);
+    keep_winner(h, arg, g->U, tl.rows * tl.Q);
+    scatter(h, gx, g, &tl, g->U, bf16, nhwc);
+}
+
+/* Relaxed sample: y from the weights (one-hot with `hard`), d (may be NULL) gets d_k = h_k - h_{U-1};
+ * returns the tile's summed KL (0 unless want_kl). */
+AI float relaxed_tile(const void *x, void *y, float *d, const geo_t *g, int64_t t, uint64_t seed, float inv_tau,
+                      int hard, int want_kl, int nhwc, int bf16) {
+    const tile_t tl = tile_of(g, t, nhwc);
+    if (g->U == 2) return relaxed2_tile(x, y, d, g, &tl, seed, inv_tau, hard, want_kl, nhwc, bf16);
+    float h[MAX_U * TB], dv[MAX_U * TB], w[MAX_U * TB];
+    uint8_t arg[TB];
+    const int64_t U = g->U;
+    const int n = tl.rows * tl.Q;
+    const float *last = h + (U - 1) * TB;
+    gather(x, h, g, &tl, U, bf16, nhwc);
+    for (int64_t k = 0; k < U; k++)
+        for (int o = 0; o < n; o++) dv[k * TB + o] = h[k * TB + o] - last[o];
+    relaxed_weights(dv, w, arg, U, seed, &tl, n, inv_tau);
+    const float kl = want_kl ? kl_sum(h, U, n) : 0.0f;
+    if (d) scatter(dv, d, g, &tl, U - 1, 0, nhwc);
+    if (hard) keep_winner(h, arg, U, n);
+    else
+        for (int64_t k = 0; k < U; k++)
+            for (int o = 0; o < n; o++) h[k * TB + o] *= w[k * TB + o];
+    scatter(h, y, g, &tl, U, bf16, nhwc);
+    return kl;
+}
+
+/* Backward of the relaxed sample from y and d (see the header for how the input comes back). */
+AI void relaxed_backward_tile(const void *gy, const void *y, const float *d, void *gx, const geo_t *g, int64_t t,
+                              uint64_t seed, float inv_tau, int hard, float kl_scale, int nhwc, int bf16) {
+    const tile_t tl = tile_of(g, t, nhwc);
+    if (g->U == 2) {
+        if (hard) relaxed2_backward_tile(gy, y, d, gx, g, &tl, seed, inv_tau, 1, kl_scale, nhwc, bf16);
+        else relaxed2_backward_tile(gy, y, d, gx, g, &tl, seed, inv_tau, 0, kl_scale, nhwc, bf16);
+        return;
+    }
+    float gv[MAX_U * TB], h[MAX_U * TB], dv[MAX_U * TB], s[MAX_U * TB];
+    float ref[TB], a[TB];
+    uint8_t arg[TB];
+    const int64_t U = g->U;
+    const int n = tl.rows * tl.Q;
+    gather(gy, gv, g, &tl, U, bf16, nhwc);
+    gather(y, h, g, &tl, U, bf16, nhwc);
+    gather(d, dv, g, &tl, U - 1, 0, nhwc);
+    for (int o = 0; o < n; o++) dv[(U - 1) * TB + o] = 0.0f;
+    relaxed_weights(dv, s, arg, U, seed, &tl, n, inv_tau); /* as in the forward */
+    /* the input: h_{U-1} = sum_k y_k - sum_k w_k d_k, h_k = h_{U-1} + d_k */
+    for (int o = 0; o < n; o++) ref[o] = a[o] = 0.0f;
+    for (int64_t k = 0; k < U; k++)
+        for (int o = 0; o < n; o++)
+            ref[o] += h[k * TB + o] - dv[k * TB + o] * (hard ? (float)(arg[o] == k) : s[k * TB + o]);
+    for (int64_t k = 0; k < U; k++)
+        for (int o = 0; o < n; o++) {
+            h[k * TB + o] = ref[o] + dv[k * TB + o];
+            a[o] += gv[k * TB + o] * h[k * TB + o] * s[k * TB + o];
         }
+    /* d/dh_k of sum_l g_l h_l w_l: g_k w_k + s_k (g_k h_k - sum_l g_l h_l s_l) / tau */
+    for (int64_t k = 0; k < U; k++)
+        for (int o = 0; o < n; o++) {
+            const float gk = gv[k * TB + o], sk = s[k * TB + o], wk = hard ? (float)(arg[o] == k) : sk;
+            h[k * TB + o] = gk * wk + sk * (gk * h[k * TB + o] - a[o]) * inv_tau;
+        }
+    if (kl_scale != 0.0f) { /* d KL / dh_k = q_k (d_k - sum_l q_l d_l), q = softmax(d) */
+        float md[TB], qs[TB], qd[TB];
+        for (int o = 0; o < n; o++) md[o] = 0.0f, qs[o] = qd[o] = 0.0f;
+        for (int64_t k = 0; k < U; k++)
+            for (int o = 0; o < n; o++) md[o] = fmaxf(md[o], dv[k * TB + o]);
+        for (int64_t k = 0; k < U; k++)
+            for (int o = 0; o < n; o++) {
+                const float q = expf(dv[k * TB + o] - md[o]);
+                gv[k * TB + o] = q;
+                qs[o] += q;
+                qd[o] += q * dv[k * TB + o];
+            }
+        for (int o = 0; o < n; o++) qs[o] = 1.0f / qs[o], qd[o] *= qs[o];
+        for (int64_t k = 0; k < U; k++)
+            for (int o = 0; o < n; o++)
+                h[k * TB + o] += kl_scale * gv[k * TB + o] * qs[o] * (dv[k * TB + o] - qd[o]);
+    }
+    scatter(h, gx, g, &tl, U, bf16, nhwc);
+}
+
+/* ---- entry points ----------------------------------------------------------------------
+ * layout = nhwc | 2*bf16; the switch gives each (layout, dtype) its own compiled tile loop. */
+#define DISPATCH(layout, F, ...)                        \
+    switch (layout) {                                   \
+    case 0: F(__VA_ARGS__, 0, 0); break;                \
+    case 1: F(__VA_ARGS__, 1, 0); break;                \
+    case 2: F(__VA_ARGS__, 0, 1); break;                \
+    default: F(__VA_ARGS__, 1, 1); break;               \
+    }
+#define PARALLEL_TILES _Pragma("omp parallel for num_threads(threads) schedule(static) if (threads > 1)")
+
+/* Exact one-hot sample. y gets the winner's response; idx (may be NULL) its index in the block. */
+void lwta_sample(const void *x, void *y, uint8_t *idx, int64_t N, int64_t G, int64_t U, int64_t S, int layout,
+                 uint64_t seed, int threads) {
+    const geo_t g = {N, G, U, S};
+    const int64_t T = n_tiles(&g, layout & 1);
+    PARALLEL_TILES
+    for (int64_t t = 0; t < T; t++) DISPATCH(layout, sample_tile, x, y, idx, &g, t, seed)
+}
+
+/* Backward of the exact sample: the gradient goes to the winner. */
+void lwta_sample_backward(const void *gy, const uint8_t *idx, void *gx, int64_t N, int64_t G, int64_t U, int64_t S,
+                          int layout, int threads) {
+    const geo_t g = {N, G, U, S};
+    const int64_t T = n_tiles(&g, layout & 1);
+    PARALLEL_TILES
+    for (int64_t t = 0; t < T; t++) DISPATCH(layout, sample_backward_tile, gy, idx, gx, &g, t)
 }
 
 /* Concrete relaxation at temperature tau (one-hot forward with `hard`). Writes d (may be
  * NULL: no backward; U-1 units per block) and returns the KL of q = softmax(h) to the
  * uniform prior summed over all blocks (0 unless want_kl). */
-double lwta_relaxed(const float *x, float *y, float *d, int64_t R, int64_t U, int64_t S, uint64_t seed, float tau,
-                    int hard, int want_kl, int threads) {
-    return U == 2 ? relaxed2(x, y, d, R, S, seed, tau, hard, want_kl, threads)
-                  : relaxed_u(x, y, d, R, U, S, seed, tau, hard, want_kl, threads);
+double lwta_relaxed(const void *x, void *y, float *d, int64_t N, int64_t G, int64_t U, int64_t S, int layout,
+                    uint64_t seed, float tau, int hard, int want_kl, int threads) {
+    const geo_t g = {N, G, U, S};
+    const int64_t T = n_tiles(&g, layout & 1);
+    const float inv_tau = 1.0f / tau;
+    double kl = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1) reduction(+ : kl)
+    for (int64_t t = 0; t < T; t++) {
+        float part = 0.0f;
+        DISPATCH(layout, part = relaxed_tile, x, y, d, &g, t, seed, inv_tau, hard, want_kl)
+        kl += part;
+    }
+    return kl;
 }
 
 /* Backward of lwta_relaxed from its output y and the saved d, the noise regenerated from
- * (seed, block, unit). kl_scale is the gradient of the loss w.r.t. the summed KL (0: none). */
-void lwta_relaxed_backward(const float *gy, const float *y, const float *d, float *gx, int64_t R, int64_t U,
-                           int64_t S, uint64_t seed, float tau, int hard, float kl_scale, int threads) {
-    if (U == 2) relaxed2_backward(gy, y, d, gx, R, S, seed, tau, hard, kl_scale, threads);
-    else relaxed_u_backward(gy, y, d, gx, R, U, S, seed, tau, hard, kl_scale, threads);
+ * (seed, position, block, unit). kl_scale is the gradient of the loss w.r.t. the summed KL (0: none). */
+void lwta_relaxed_backward(const void *gy, const void *y, const float *d, void *gx, int64_t N, int64_t G, int64_t U,
+                           int64_t S, int layout, uint64_t seed, float tau, int hard, float kl_scale, int threads) {
+    const geo_t g = {N, G, U, S};
+    const int64_t T = n_tiles(&g, layout & 1);
+    const float inv_tau = 1.0f / tau;
+    PARALLEL_TILES
+    for (int64_t t = 0; t < T; t++)
+        DISPATCH(layout, relaxed_backward_tile, gy, y, d, gx, &g, t, seed, inv_tau, hard, kl_scale)
 }
 
-/* The uniforms the kernels draw for unit k of blocks [0, B): for tests and references. */
-void lwta_uniforms(float *out, int64_t B, uint64_t seed, int64_t k) {
-    float u[CHUNK];
-    for (int64_t c = 0; c * CHUNK < B; c++) {
-        fill(u, seed, (uint64_t)c, (uint32_t)k);
-        for (int64_t o = 0; o < CHUNK && c * CHUNK + o < B; o++) out[c * CHUNK + o] = u[o];
+/* The uniforms the kernels draw for unit k of every block of an (N, G*U, *S) input, written
+ * in NCHW block order (n, g, p): for tests and references. */
+void lwta_uniforms(float *out, int64_t N, int64_t G, int64_t S, uint64_t seed, int64_t k) {
+    const geo_t g = {N, G, 1, S};
+    float u[TB];
+    for (int64_t t = 0; t < n_tiles(&g, 0); t++) {
+        const tile_t tl = tile_of(&g, t, 0);
+        fill(u, seed, &tl, (uint32_t)k, 0);
+        scatter(u, out, &g, &tl, 1, 0, 0);
     }
 }
 

@@ -17,11 +17,11 @@ Modes (see ``MODES``):
 
 Sampling (U up to ``lwta_fast.max_units()``, hard samples included) runs the fused
 kernels of ``lwta_fast`` (one pass, noise from a counter-based generator, backward from a
-uint8 winner index or the regenerated noise): C kernels for float32 CPU tensors, Triton
-kernels for float32, float16 and bfloat16 CUDA tensors where Triton is installed. The
-attacks' ``straight_through`` samples, other devices and dtypes, and machines without the
-kernels (no C compiler, no Triton) run the eager code below, which is also the reference
-the fused path is tested against.
+uint8 winner index or the regenerated noise): C kernels for float32 and bfloat16 CPU
+tensors, Triton kernels for float32, float16 and bfloat16 CUDA tensors where Triton is
+installed, contiguous or channels_last. The attacks' ``straight_through`` samples, other
+devices, dtypes and layouts, and machines without the kernels (no C compiler, no Triton)
+run the eager code below, which is also the reference the fused path is tested against.
 """
 from __future__ import annotations
 

@@ -1,10 +1,15 @@
 """Fused LWTA: the kernels of ``lwta_zoo/kernels`` as torch custom ops.
 
 The ops ``lwta_zoo::lwta_sample`` and ``lwta_zoo::lwta_relaxed`` run the compiled C
-kernels on CPU tensors (float32) and the Triton kernels on CUDA tensors (float32,
+kernels on CPU tensors (float32, bfloat16) and the Triton kernels on CUDA tensors (float32,
 float16, bfloat16; where Triton is installed), with one autograd formula: ``_kernels()``
 picks the device's kernels, which share one interface and one noise (a seed gives the
-same sample on either device, up to float rounding). One pass over the input per call
+same sample on either device, up to float rounding). Inputs may be contiguous or
+channels_last (dense (N, C) too); outputs and gradients keep the input's layout and dtype,
+as ReLU's do (under bfloat16 autocast a convolution's bfloat16 output stays bfloat16), and
+the noise is keyed by (position, block, unit), so a seed draws the same sample in either
+layout. The uniforms are 16-bit, eight blocks from one Philox4x32-10 draw: winner
+probabilities are resolved to 2^-16 (see ``kernels/lwta_cpu.c``). One pass over the input per call
 (noise, competition and output together, no intermediate tensors), for any U up to
 ``max_units()`` (U=2 has its own, faster rule), and a backward that stores only what it
 needs:
@@ -23,8 +28,9 @@ apply, and ``eager()`` turns them off (for comparisons).
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -47,7 +53,17 @@ def eager() -> Iterator[None]:
         _enabled = saved
 
 
-_DTYPES = {'cpu': (torch.float32,), 'cuda': (torch.float32, torch.float16, torch.bfloat16)}
+_DTYPES = {'cpu': (torch.float32, torch.bfloat16), 'cuda': (torch.float32, torch.float16, torch.bfloat16)}
+
+
+class Geometry(NamedTuple):
+    """An input (N, G*U, *S) as the kernels see it: N*G*S blocks of U units; ``nhwc`` when the U
+    units of a block are adjacent in memory (channels_last, dense), else contiguous NCHW."""
+    N: int
+    G: int
+    U: int
+    S: int
+    nhwc: bool
 
 
 def max_units(device: str = 'cpu') -> int:
@@ -59,24 +75,40 @@ def max_units(device: str = 'cpu') -> int:
     return 0 if lib is None else lib.lwta_max_units()
 
 
+def _units_adjacent(x: Tensor) -> Optional[bool]:
+    """True if x's channels are its innermost dimension in memory (channels_last, dense (N, C)),
+    False if x is contiguous NCHW with positions, None for any other layout."""
+    if x.is_contiguous():
+        return math.prod(x.shape[2:]) == 1
+    if x.dim() > 2 and x.movedim(1, -1).is_contiguous():
+        return True
+    return None
+
+
 def supports(x: Tensor, U: int = 2) -> bool:
-    """Whether the fused kernels can take ``x`` with U units a block: contiguous, on CPU in float32
-    or on CUDA in float32, float16 or bfloat16, the device's kernels available here."""
-    return (_enabled and x.dtype in _DTYPES.get(x.device.type, ()) and x.dim() >= 2 and x.is_contiguous()
-            and x.numel() > 0 and 2 <= U <= max_units(x.device.type))  # an empty batch: the eager path
+    """Whether the fused kernels can take ``x`` with U units a block: contiguous or channels_last, on
+    CPU in float32 or bfloat16, on CUDA in float32, float16 or bfloat16, the device's kernels available here."""
+    return (_enabled and x.dtype in _DTYPES.get(x.device.type, ()) and x.dim() >= 2
+            and _units_adjacent(x) is not None and 2 <= U <= max_units(x.device.type))
 
 
-def _rows(x: Tensor, U: int) -> Tuple[int, int]:
-    """(R, S): the kernels see (N, C, *S) as R = N*C/U rows of U contiguous runs of S values.
-
-    Checks what the kernels cannot (they would read and write out of bounds).
-    """
+def _geometry(x: Tensor, U: int) -> Geometry:
+    """How the kernels see ``x``; checks what they cannot (they would read and write out of bounds)."""
     top = max_units(x.device.type)
     if not 2 <= U <= top or x.dim() < 2 or x.shape[1] % U:
         raise ValueError(f'the fused LWTA kernels take 2 <= U <= {top} units dividing the channels; '
                          f'got U={U}, input {tuple(x.shape)}')
-    S = x[0, 0].numel()
-    return x.shape[0] * x.shape[1] // U, S
+    nhwc = _units_adjacent(x)
+    if nhwc is None:
+        raise ValueError(f'the fused LWTA kernels take contiguous or channels_last inputs; got strides {x.stride()}')
+    return Geometry(x.shape[0], x.shape[1] // U, U, math.prod(x.shape[2:]), nhwc)
+
+
+def _like(t: Tensor, stride: Tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """``t`` with these strides and dtype (a gradient arriving in another layout is copied)."""
+    if t.stride() == stride and t.dtype == dtype:
+        return t
+    return torch.empty_strided(t.shape, stride, dtype=dtype, device=t.device).copy_(t)
 
 
 def _threads(blocks: int) -> int:
@@ -103,29 +135,35 @@ class _Cpu:
     """The C kernels behind the ops on CPU tensors, with the launchers' interface of ``kernels/lwta_triton.py``."""
 
     @staticmethod
-    def sample(x: Tensor, y: Tensor, idx: Optional[Tensor], U: int, seed: int) -> None:
-        R, S = _rows(x, U)
-        _lib().lwta_sample(x.data_ptr(), y.data_ptr(), _ptr(idx), R, U, S, seed, _threads(R * S))
+    def _args(t: Tensor, geo: Geometry) -> tuple:
+        """The geometry and layout arguments of a C kernel call on ``t`` (layout: 1 for units adjacent, +2 for
+        bfloat16)."""
+        layout = int(geo.nhwc) + 2 * (t.dtype == torch.bfloat16)
+        return geo.N, geo.G, geo.U, geo.S, layout
 
     @staticmethod
-    def sample_backward(gy: Tensor, idx: Tensor, gx: Tensor, U: int) -> None:
-        R, S = _rows(gy, U)
-        _lib().lwta_sample_backward(gy.data_ptr(), idx.data_ptr(), gx.data_ptr(), R, U, S, _threads(R * S))
+    def sample(x: Tensor, y: Tensor, idx: Optional[Tensor], geo: Geometry, seed: int) -> None:
+        _lib().lwta_sample(x.data_ptr(), y.data_ptr(), _ptr(idx), *_Cpu._args(x, geo), seed,
+                           _threads(geo.N * geo.G * geo.S))
 
     @staticmethod
-    def relaxed(x: Tensor, y: Tensor, d: Optional[Tensor], U: int, seed: int, tau: float, hard: bool,
+    def sample_backward(gy: Tensor, idx: Tensor, gx: Tensor, geo: Geometry) -> None:
+        _lib().lwta_sample_backward(gy.data_ptr(), idx.data_ptr(), gx.data_ptr(), *_Cpu._args(gy, geo),
+                                    _threads(geo.N * geo.G * geo.S))
+
+    @staticmethod
+    def relaxed(x: Tensor, y: Tensor, d: Optional[Tensor], geo: Geometry, seed: int, tau: float, hard: bool,
                 want_kl: bool) -> Tensor:
-        R, S = _rows(x, U)
-        kl = _lib().lwta_relaxed(x.data_ptr(), y.data_ptr(), _ptr(d), R, U, S, seed, tau, hard, want_kl,
-                                 _threads(R * S))
-        return torch.tensor(kl / x.shape[0], dtype=torch.float32)
+        kl = _lib().lwta_relaxed(x.data_ptr(), y.data_ptr(), _ptr(d), *_Cpu._args(x, geo), seed, tau, hard, want_kl,
+                                 _threads(geo.N * geo.G * geo.S))
+        return torch.tensor(kl / geo.N if geo.N else math.nan, dtype=torch.float32)
 
     @staticmethod
-    def relaxed_backward(gy: Tensor, y: Tensor, d: Tensor, gx: Tensor, U: int, seed: int, tau: float, hard: bool,
-                         kl_scale: Optional[Tensor]) -> None:
-        R, S = _rows(gy, U)
-        _lib().lwta_relaxed_backward(gy.data_ptr(), y.data_ptr(), d.data_ptr(), gx.data_ptr(), R, U, S, seed, tau,
-                                     hard, 0.0 if kl_scale is None else float(kl_scale), _threads(R * S))
+    def relaxed_backward(gy: Tensor, y: Tensor, d: Tensor, gx: Tensor, geo: Geometry, seed: int, tau: float,
+                         hard: bool, kl_scale: Optional[Tensor]) -> None:
+        _lib().lwta_relaxed_backward(gy.data_ptr(), y.data_ptr(), d.data_ptr(), gx.data_ptr(), *_Cpu._args(gy, geo),
+                                     seed, tau, hard, 0.0 if kl_scale is None else float(kl_scale),
+                                     _threads(geo.N * geo.G * geo.S))
 
 
 def _kernels(t: Tensor):
@@ -140,31 +178,35 @@ def _kernels(t: Tensor):
 
 @torch.library.custom_op('lwta_zoo::lwta_sample', mutates_args=(), device_types=('cpu', 'cuda'))
 def _sample_op(x: Tensor, U: int, seed: int, save_idx: bool) -> Tuple[Tensor, Tensor]:
-    R, S = _rows(x, U)
-    y = torch.empty_like(x)
-    idx = torch.empty(R * S if save_idx else 0, dtype=torch.uint8, device=x.device)
-    _kernels(x).sample(x, y, idx if save_idx else None, U, seed & _U64)
+    geo = _geometry(x, U)
+    y = torch.empty_like(x)  # x's layout (empty_like keeps the strides of a dense tensor)
+    idx = torch.empty(geo.N * geo.G * geo.S if save_idx else 0, dtype=torch.uint8, device=x.device)
+    _kernels(x).sample(x, y, idx if save_idx else None, geo, seed & _U64)
     return y, idx
 
 
 @_sample_op.register_fake
 def _(x: Tensor, U: int, seed: int, save_idx: bool) -> Tuple[Tensor, Tensor]:
-    R, S = _rows(x, U)
-    return torch.empty_like(x), x.new_empty(R * S if save_idx else 0, dtype=torch.uint8)
+    geo = _geometry(x, U)
+    return torch.empty_like(x), x.new_empty(geo.N * geo.G * geo.S if save_idx else 0, dtype=torch.uint8)
 
 
 def _sample_setup(ctx, inputs, output) -> None:
-    ctx.U = inputs[1]
+    x, U, _, ctx.saved = inputs
+    ctx.geo, ctx.stride = _geometry(x, U), output[0].stride()
+    ctx.set_materialize_grads(False)  # the unused outputs' gradients stay None, not tensors of zeros
     ctx.save_for_backward(output[1])
 
 
-def _sample_backward(ctx, grad_y: Tensor, grad_idx: Optional[Tensor]):
+def _sample_backward(ctx, grad_y: Optional[Tensor], grad_idx: Optional[Tensor]):
     (idx,) = ctx.saved_tensors
-    if idx.numel() == 0:
+    if not ctx.saved:
         raise RuntimeError('lwta_sample was called with save_idx=False and cannot be differentiated')
-    grad_y = grad_y.contiguous()
+    if grad_y is None:
+        return None, None, None, None
+    grad_y = _like(grad_y, ctx.stride, grad_y.dtype)
     grad_x = torch.empty_like(grad_y)
-    _kernels(grad_y).sample_backward(grad_y, idx, grad_x, ctx.U)
+    _kernels(grad_y).sample_backward(grad_y, idx, grad_x, ctx.geo)
     return grad_x, None, None, None
 
 
@@ -173,44 +215,44 @@ _sample_op.register_autograd(_sample_backward, setup_context=_sample_setup)
 
 @torch.library.custom_op('lwta_zoo::lwta_sample_', mutates_args=('x',), device_types=('cpu', 'cuda'))
 def _sample_inplace_op(x: Tensor, U: int, seed: int) -> None:
-    _rows(x, U)
-    _kernels(x).sample(x, x, None, U, seed & _U64)  # each block is read before it is written
+    _kernels(x).sample(x, x, None, _geometry(x, U), seed & _U64)  # each block is read before it is written
 
 
 @torch.library.custom_op('lwta_zoo::lwta_relaxed', mutates_args=(), device_types=('cpu', 'cuda'))
 def _relaxed_op(x: Tensor, U: int, seed: int, tau: float, hard: bool, want_kl: bool,
                 save: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """y, the saved differences d (float32) and the KL (float32, mean over the batch)."""
-    R, S = _rows(x, U)
+    geo = _geometry(x, U)
     y = torch.empty_like(x)
-    d = torch.empty(R * (U - 1) * S if save else 0, dtype=torch.float32, device=x.device)
-    kl = _kernels(x).relaxed(x, y, d if save else None, U, seed & _U64, tau, hard, want_kl)
+    d = torch.empty(geo.N * geo.G * (U - 1) * geo.S if save else 0, dtype=torch.float32, device=x.device)
+    kl = _kernels(x).relaxed(x, y, d if save else None, geo, seed & _U64, tau, hard, want_kl)
     return y, d, kl
 
 
 @_relaxed_op.register_fake
 def _(x: Tensor, U: int, seed: int, tau: float, hard: bool, want_kl: bool,
       save: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    R, S = _rows(x, U)
-    f32 = torch.float32
-    return torch.empty_like(x), x.new_empty(R * (U - 1) * S if save else 0, dtype=f32), x.new_empty((), dtype=f32)
+    geo, f32 = _geometry(x, U), torch.float32
+    d = x.new_empty(geo.N * geo.G * (U - 1) * geo.S if save else 0, dtype=f32)
+    return torch.empty_like(x), d, x.new_empty((), dtype=f32)
 
 
 def _relaxed_setup(ctx, inputs, output) -> None:
-    x, ctx.U, ctx.seed, ctx.tau, ctx.hard, ctx.want_kl, _ = inputs
-    ctx.batch = x.shape[0]
+    x, U, ctx.seed, ctx.tau, ctx.hard, ctx.want_kl, ctx.saved = inputs
+    ctx.geo = _geometry(x, U)
+    ctx.set_materialize_grads(False)  # no zeros for d's gradient (nor y's or the KL's when unused)
     ctx.save_for_backward(output[0], output[1])
 
 
 def _relaxed_backward(ctx, grad_y: Optional[Tensor], grad_d: Optional[Tensor], grad_kl: Optional[Tensor]):
     y, d = ctx.saved_tensors
-    if d.numel() == 0:
+    if not ctx.saved:
         raise RuntimeError('lwta_relaxed was called with save=False and cannot be differentiated')
-    grad_y = torch.zeros_like(y) if grad_y is None else grad_y.contiguous()
+    grad_y = torch.zeros_like(y) if grad_y is None else _like(grad_y, y.stride(), y.dtype)
     # a tensor on the device (no host sync on CUDA); in float64, as the C kernel's scale was computed
-    kl_scale = grad_kl.double() / ctx.batch if (grad_kl is not None and ctx.want_kl) else None
+    kl_scale = grad_kl.double() / ctx.geo.N if (grad_kl is not None and ctx.want_kl) else None
     grad_x = torch.empty_like(y)
-    _kernels(y).relaxed_backward(grad_y, y, d, grad_x, ctx.U, ctx.seed & _U64, ctx.tau, ctx.hard, kl_scale)
+    _kernels(y).relaxed_backward(grad_y, y, d, grad_x, ctx.geo, ctx.seed & _U64, ctx.tau, ctx.hard, kl_scale)
     return grad_x, None, None, None, None, None, None
 
 
@@ -235,7 +277,8 @@ def sample_(x: Tensor, seed: Optional[int] = None, U: int = 2) -> Tensor:
 
 def relaxed(x: Tensor, tau: float, want_kl: bool = False, seed: Optional[int] = None, U: int = 2,
             hard: bool = False) -> Tuple[Tensor, Tensor]:
-    """Concrete-relaxed LWTA at temperature ``tau`` and (if ``want_kl``, else 0) ``lwta_kl(x, U)``.
+    """Concrete-relaxed LWTA at temperature ``tau`` and (if ``want_kl``, else 0) ``lwta_kl(x, U)`` (NaN for an
+    empty batch, as that mean is).
 
     With ``hard`` the forward passes the one-hot argmax of the relaxed sample and the
     backward differentiates the relaxed sample (straight-through).
@@ -244,12 +287,13 @@ def relaxed(x: Tensor, tau: float, want_kl: bool = False, seed: Optional[int] = 
     return y, kl
 
 
-def uniforms(n: int, seed: int, unit: int = 0) -> Tensor:
-    """The uniforms that a call with ``seed`` draws for ``unit`` of its first ``n`` blocks (block j = r*S + p),
-    from the C kernel (the Triton kernels draw the same).
+def uniforms(shape: Tuple[int, ...], seed: int, unit: int = 0, U: int = 2) -> Tensor:
+    """The uniforms that a call with ``seed`` on an input of ``shape`` (N, C, *S) draws for ``unit`` of each
+    block, shape (N, C/U, *S), from the C kernel (the Triton kernels draw the same, whatever the layout).
 
     U=2 draws unit 0 only (one logistic variate a block); general U one Gumbel a unit.
     """
-    out = torch.empty(n)
-    _lib().lwta_uniforms(out.data_ptr(), n, seed & _U64, unit)
+    N, G, S = shape[0], shape[1] // U, math.prod(shape[2:])
+    out = torch.empty(N, G, *shape[2:])
+    _lib().lwta_uniforms(out.data_ptr(), N, G, S, seed & _U64, unit)
     return out
