@@ -40,6 +40,9 @@ with the same pretrained cfg. 8 names instead of 8 x 9 functions. Weights traine
 add what they were trained on to the method's tag (``TRAINED``), e.g.
 ``aistats_softmax_mnist.lwta_u2_fmnist_pgd``: the method and U still come from the tag.
 
+Prediction averages the logits of ``samples`` draws, by default the paper's S = 5 (footnote 1)
+for the stochastic methods and 1 for ``relu`` and ``lwta_max`` (``default_samples``).
+
 ``python tools/aistats_report.py --param-counts`` prints the networks' sizes next to the
 paper's Tables 2 and 3; ``--ibp-report NAME [--weights FOLDER]`` the fraction IBP keeps.
 """
@@ -379,6 +382,13 @@ DATASETS: Dict[str, Dict[str, Any]] = {
                     ensemble=dict(filters=(32, 64, 128), reps=2, branch_filters=16, batch_norm=True)),
 }
 DEFAULT_METHOD, DEFAULT_U = 'lwta_ibp', 2
+PAPER_SAMPLES = 5  # the AISTATS paper, footnote 1: predictions average the logits of S = 5 draws
+
+
+def default_samples(method: str) -> int:
+    """L of a method's prediction by default: the paper's S = 5 where the network is stochastic
+    (LWTA samples or IBP masks), 1 for the deterministic ReLU and LWTA-max networks."""
+    return 1 if method in ('relu', 'lwta_max') else PAPER_SAMPLES
 
 
 def method_tag(method: str, U: int) -> str:
@@ -426,6 +436,7 @@ def _create(network: str, dataset: str, pretrained: bool, **kwargs) -> _EcocClas
             tag = None
             kwargs['pretrained_cfg_overlay'] = dict(tag=method_tag(kwargs['method'], kwargs['U']), hf_hub_id=None,
                                                     **(kwargs.get('pretrained_cfg_overlay') or {}))
+    kwargs.setdefault('samples', default_samples(kwargs.get('method', DEFAULT_METHOD)))
     model_cls, arch = _arch_kwargs(network, dataset)
     return build(model_cls, name, pretrained, pretrained_cfg=tag, **{**arch, **kwargs})
 
