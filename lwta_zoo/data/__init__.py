@@ -22,6 +22,7 @@ get the data.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,7 +248,8 @@ class VermaSwamiAugment:
     """Verma & Swami's augmentation of one uint8 image (C, H, W), returned as float in [0, 1].
 
     In their order: additive Gaussian noise (std ``noise_std``); if ``geometric``, a random shift
-    of up to ``shift`` pixels each way, then a rotation of up to ``degrees``, then a horizontal flip
+    of up to ``shift`` pixels each way, then a rotation of up to ``degrees`` (both in one
+    resampling, where they resample twice), then a horizontal flip
     with probability 1/2; then "class blending": a convex combination (1 - ``blend``) x + ``blend`` x'
     with x' another training image (drawn uniformly from ``images``; they permute the batch),
     noised and augmented alike, shifted again and rotated by up to 180 degrees, clipped to the valid
@@ -261,11 +263,12 @@ class VermaSwamiAugment:
         self.shift, self.degrees = shift, degrees
 
     def _affine(self, x: torch.Tensor, degrees: float) -> torch.Tensor:
+        """A shift by t (uniform, up to ``shift`` each way) then a rotation by a (up to ``degrees``),
+        as one resampling: the rotation about the centre followed by the shift R(a) t."""
         dx, dy = ((torch.rand(2) * 2 - 1) * self.shift).tolist()
-        x = TF.affine(x, angle=0.0, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0],
-                      interpolation=InterpolationMode.NEAREST, fill=0.5)
         angle = float((torch.rand(()) * 2 - 1) * degrees)
-        return TF.affine(x, angle=angle, translate=[0.0, 0.0], scale=1.0, shear=[0.0, 0.0],
+        c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        return TF.affine(x, angle=angle, translate=[c * dx - s * dy, s * dx + c * dy], scale=1.0, shear=[0.0, 0.0],
                          interpolation=InterpolationMode.NEAREST, fill=0.5)
 
     def _jitter(self, x: torch.Tensor) -> torch.Tensor:

@@ -209,6 +209,14 @@ class _EcocClassifier(SampledClassifier):
 
     def _init_head_end(self) -> None:
         self.has_ibp = any(isinstance(m, IBPMask) for m in self.modules())
+        # He (fan-in, ReLU gain) weights and zero biases; neither paper states an initialisation.
+        # With torch's default (or Keras' Glorot, Verma & Swami's) the signal shrinks through the
+        # 9-13 layers and SGD left these networks at chance (tools/aistats_sgd_check.py).
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity='relu')
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     @property
     def num_bits(self) -> int:
