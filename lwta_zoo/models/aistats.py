@@ -546,8 +546,11 @@ The paper gives its layer sizes only in its supplementary; ours are Verma & Swam
 - Softmax / Logistic: the paper's counts are 3,190 below Verma & Swami's layout on both
   datasets, whose convolutional bodies differ, so the difference sits in the dense head they
   share (128-64-64-code); Tanh16 (16 code bits instead of 10) differs by -2,608 rather than the
-  -3,190 + 6 x 65 a bigger last layer implies. We found no head that gives all three, so we
-  keep Verma & Swami's (their code and the AISTATS authors' code both build it)."""
+  -3,190 + 6 x 65 a bigger last layer implies. No dense head 128 -> a [-> b [-> c]] -> code
+  gives both (tools/aistats_head_search.py searches them, section 4.3.2's 16-unit layer
+  included), so we keep Verma & Swami's head, which the AISTATS authors' code builds
+  (konpanousis/adversarial_ecoc_lwta, Model_Implementations.py); the paper's counts stay
+  unexplained."""
 
 
 def param_count_table() -> str:
