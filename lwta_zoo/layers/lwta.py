@@ -152,8 +152,7 @@ def lwta_relaxed_kl(x: torch.Tensor, log_sample: torch.Tensor, U: int = 2, tau: 
     h = _blocks(x, U, name).float().movedim(2, -1)
     value = log_sample.float().movedim(2, -1)
     q = ExpRelaxedCategorical(torch.tensor(tau), logits=h, validate_args=False)
-    p = ExpRelaxedCategorical(torch.tensor(prior_tau), logits=torch.zeros_like(h),
-                                                  validate_args=False)
+    p = ExpRelaxedCategorical(torch.tensor(prior_tau), logits=torch.zeros_like(h), validate_args=False)
     return (q.log_prob(value) - p.log_prob(value)).flatten(1).sum(1).mean()
 
 
