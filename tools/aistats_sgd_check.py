@@ -6,7 +6,7 @@ the machine this was written on) through the library's own trainer, for each opt
 method and weight initialisation asked for, and prints the running training accuracy and
 the clean accuracy on the first ``--test-limit`` test images (one thread: the CPU is shared):
 
-    python tools/aistats_sgd_check.py --steps 300
+    python tools/aistats_sgd_check.py --steps 200
 
 ``--init`` re-initialises the model's weights before training: ``he`` (the networks' default,
 He normal with zero biases), ``torch`` (torch's nn.Conv2d / nn.Linear default) or ``glorot``

@@ -209,9 +209,9 @@ class _EcocClassifier(SampledClassifier):
 
     def _init_head_end(self) -> None:
         self.has_ibp = any(isinstance(m, IBPMask) for m in self.modules())
-        # He (fan-in, ReLU gain) weights and zero biases; neither paper states an initialisation.
-        # With torch's default (or Keras' Glorot, Verma & Swami's) the signal shrinks through the
-        # 9-13 layers and SGD left these networks at chance (tools/aistats_sgd_check.py).
+        # He (fan-in, ReLU gain) weights and zero biases (ours; neither paper states an initialisation):
+        # with torch's default SGD stayed at chance and with Keras' Glorot (Verma & Swami's) it
+        # learned more slowly (tools/aistats_sgd_check.py, README "Paper fidelity").
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight, nonlinearity='relu')
