@@ -1,6 +1,6 @@
 """Is there a dense head that gives the AISTATS paper's parameter counts? (It prints none.)
 
-Our Softmax/Tanh16 networks count the same as the paper's bodies (CIFAR-10 minus MNIST differs
+The convolutional bodies agree with the paper's counts (its CIFAR-10 minus MNIST Softmax count differs
 by exactly the 1024 x 128 extra inputs of the first dense layer), so the paper's -3,190
 (Softmax, both datasets) and -2,608 (Tanh16) must sit in the head after the 128-unit layer.
 This searches every head 128 -> a [-> b [-> c]] -> code bits (a, b < 300, c in a few common
@@ -9,9 +9,9 @@ Softmax (10 bits) and Tanh16 (16 bits) counts at once:
 
     python tools/aistats_head_search.py
 """
-from lwta_zoo.models.aistats import keras_param_count
-
 import timm
+
+from lwta_zoo.models.aistats import keras_param_count
 
 WIDTHS = range(1, 300)
 LAST = (8, 10, 16, 20, 32, 64, 128)
