@@ -34,7 +34,9 @@ class DataSection:
     name: str = ''  # cifar10 | mnist | fashion_mnist
     root: Optional[str] = None  # a folder of local files, searched before $LWTA_ZOO_DATA
     download: bool = True
-    augment: bool = False  # CIFAR: random crop (padding 4) + horizontal flip
+    # true: CIFAR's random crop (padding 4) + horizontal flip; 'verma_swami': Verma & Swami's noise,
+    # class blending (and CIFAR shift/rotate/flip), the AISTATS paper's (lwta_zoo.data.VermaSwamiAugment)
+    augment: Literal[False, True, 'verma_swami'] = False
     train_limit: Optional[int] = None  # a fixed random subset of the training set
     test_limit: Optional[int] = None
     workers: int = 0

@@ -54,7 +54,7 @@ def test_every_network_decodes_to_a_distribution_over_10_classes(name):
     assert kl_divergence(model) > 0
     model.eval()
     with torch.no_grad():
-        out = model(x)
+        out = model.forward_single(x)  # one draw (model(x) averages the log-probabilities of S = 5)
     torch.testing.assert_close(out.exp().sum(1), torch.ones(2))
     assert model.forward_code(x).shape == (2, model.num_bits)
     assert model.num_bits == (16 if 'tanh16' in name else 10)
@@ -171,3 +171,26 @@ def test_param_count_table_quotes_the_papers_numbers(monkeypatch):
     monkeypatch.setattr(aistats, 'PAPER_PARAMS', aistats.PAPER_PARAMS[:1])
     table = param_count_table()
     assert 'MNIST Softmax (U=4)' in table and '327,380' in table and '330,570' in table and '+3,190' in table
+
+
+def test_param_counts_are_pinned_and_verma_swamis_models_match_the_paper():
+    """Our Keras-style counts of every row of the paper's Tables 2/3 (weights, biases, BatchNorm
+    moving statistics; no IBP parameters); Verma & Swami's own models match the paper exactly."""
+    import lwta_zoo.models.aistats as aistats
+    ours = {label: keras_param_count(timm.create_model(name, **kwargs))[0]
+            for label, name, kwargs, _ in aistats.PAPER_PARAMS}
+    assert ours == {
+        'MNIST Softmax (U=4)': 330_570, 'MNIST Softmax (U=2)': 330_570, 'MNIST Logistic (U=2)': 330_570,
+        'MNIST LogEns10 (U=2)': 205_130, 'MNIST TanhEns16 (V&S, ReLU)': 401_168,
+        'CIFAR-10 Tanh16 (U=4)': 776_208, 'CIFAR-10 Softmax (U=2)': 775_818, 'CIFAR-10 Tanh16 (U=2)': 776_208,
+        'CIFAR-10 LogEns10 (U=2)': 1_197_978, 'CIFAR-10 TanhEns64 (V&S, ReLU)': 3_259_456}
+    paper = {label: count for label, _, _, count in aistats.PAPER_PARAMS}
+    assert all(ours[k] == paper[k] for k in paper if 'V&S' in k)
+
+
+def test_prediction_averages_the_papers_five_samples_where_the_network_is_stochastic():
+    assert timm.create_model('aistats_softmax_mnist').num_samples == 5  # footnote 1: S = 5
+    assert timm.create_model('aistats_tanh16_cifar10', method='lwta_max_ibp').num_samples == 5
+    assert timm.create_model('aistats_softmax_mnist', method='relu').num_samples == 1
+    assert timm.create_model('aistats_softmax_mnist.lwta_max_u2').num_samples == 1
+    assert timm.create_model('aistats_softmax_mnist', samples=2).num_samples == 2

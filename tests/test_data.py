@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lwta_zoo.data import SHIPPED_CIFAR10_TEST, DatasetNotFound, load_arrays, load_dataset
+from lwta_zoo.data import (SHIPPED_CIFAR10_TEST, VERMA_SWAMI, DatasetNotFound, VermaSwamiAugment, augmentation,
+                           load_arrays, load_dataset)
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +67,9 @@ def test_bad_npz_is_a_clear_error(tmp_path: Path) -> None:
         load_arrays('cifar10', 'train', tmp_path, download=False)
 
 
-def test_augmentation_depends_only_on_seed_epoch_and_index() -> None:
-    ds = load_dataset('cifar10', 'test', SHIPPED_CIFAR10_TEST.parent, augment=True, seed=1, download=False)
+@pytest.mark.parametrize('augment', [True, 'verma_swami'])
+def test_augmentation_depends_only_on_seed_epoch_and_index(augment) -> None:
+    ds = load_dataset('cifar10', 'test', SHIPPED_CIFAR10_TEST.parent, augment=augment, seed=1, download=False)
     first = torch.stack([ds[i][0] for i in range(32)])
     torch.manual_seed(123)  # the global RNG plays no part
     assert torch.equal(first, torch.stack([ds[i][0] for i in range(32)]))
@@ -75,3 +77,35 @@ def test_augmentation_depends_only_on_seed_epoch_and_index() -> None:
     assert not torch.equal(first, torch.stack([ds[i][0] for i in range(32)]))
     plain = load_dataset('cifar10', 'test', SHIPPED_CIFAR10_TEST.parent, download=False)
     assert not torch.equal(first, torch.stack([plain[i][0] for i in range(32)]))  # it augments
+
+
+def test_verma_swami_noise_blend_and_geometry() -> None:
+    """Each part does what it says: noise of the stated std, a convex blend with another image
+    that moves the result by at most ``blend``, shifts/rotations/flips that move the content."""
+    grey = torch.full((64, 1, 28, 28), 128, dtype=torch.uint8)
+    x = grey[0].float() / 255
+    assert torch.equal(VermaSwamiAugment(grey, 0.0, 0.0, False)(grey[0]), x)  # all off: the image itself
+    noisy = torch.stack([VermaSwamiAugment(grey, 0.1, 0.0, False)(grey[0]) for _ in range(20)])
+    assert 0.095 < (noisy - x).std() < 0.105
+    others = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    blended = torch.stack([VermaSwamiAugment(others, 0.0, 0.3, False)(grey[0]) for _ in range(20)])
+    moved = (blended - x).abs()
+    assert moved.max() <= 0.3 * max(x.max(), 1 - x.min()) + 1e-6 and moved.mean() > 0.05
+    # geometry alone (no noise, no blend): a bright 3x3 square at the centre lands within the shift
+    # (|t| <= 4 sqrt 2, plus rounding) of it, and lands elsewhere in some draws; the fill is mid-grey
+    dot = torch.zeros((1, 3, 32, 32), dtype=torch.uint8)
+    dot[0, :, 15:18, 15:18] = 255
+    aug = VermaSwamiAugment(dot, 0.0, 0.0, True)
+    where = [torch.nonzero(aug(dot[0])[0] == 1).float().mean(0) for _ in range(40)]
+    assert all(((w - 16) ** 2).sum() <= 7 ** 2 for w in where)
+    assert len({tuple(w.round().tolist()) for w in where}) > 5
+    assert aug(dot[0]).min() >= 0.0 and (aug(dot[0]) == 0.5).any()
+
+
+def test_verma_swami_settings_and_errors() -> None:
+    assert VERMA_SWAMI['mnist'] == dict(noise_std=0.3, blend=0.3, geometric=False)
+    assert VERMA_SWAMI['cifar10'] == dict(noise_std=0.032, blend=0.032, geometric=True)
+    with pytest.raises(ValueError, match='augment must be one of'):
+        augmentation('cifar10', 'mixup')
+    with pytest.raises(ValueError, match='needs the training images'):
+        augmentation('cifar10', 'verma_swami')

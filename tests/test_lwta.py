@@ -183,3 +183,70 @@ def test_straight_through_replaces_the_relaxed_samples_gradient_too():
     xi = _blocks(y, 2).detach() / hb.detach()
     (expected,) = torch.autograd.grad((hb * (xi + hb.softmax(2) - hb.softmax(2).detach())).sum(), hb)
     assert torch.allclose(g_st, expected.flatten(1), atol=1e-5) and not torch.allclose(g_st, g, atol=1e-3)
+
+
+def _binary_concrete_kl(delta: float, tau: float, prior_tau: float) -> float:
+    """KL[Concrete((d, 0), tau) || Concrete((0, 0), prior_tau)] for U=2 by numerical integration.
+
+    A 2-unit concrete sample is fixed by t = x1 - x2 of its logs, t = (d + L) / tau with L standard
+    logistic, so the KL is the one-dimensional KL of those densities of t.
+    """
+    from scipy import integrate
+
+    def log_density(t, d, temp):
+        z = temp * t - d
+        return math.log(temp) - z - 2 * math.log1p(math.exp(-z)) if z > -30 else math.log(temp) + z
+
+    def integrand(t):
+        log_q = log_density(t, delta, tau)
+        return math.exp(log_q) * (log_q - log_density(t, 0.0, prior_tau))
+
+    centre = delta / tau
+    return integrate.quad(integrand, centre - 60 / tau, centre + 60 / tau, limit=400)[0]
+
+
+@pytest.mark.parametrize('delta', [0.0, 1.5, -3.0])
+def test_relaxed_kl_mean_over_draws_matches_the_concrete_kl_by_quadrature(delta):
+    n = 200_000
+    layer = LWTA(kl='relaxed', tau=0.67, prior_tau=0.5).train()
+    x = torch.tensor([[delta, 0.0]]).repeat(n, 1)
+    layer(x)
+    expected = _binary_concrete_kl(delta, 0.67, 0.5)
+    # per-draw estimates have a standard deviation below 1.5 here: 5 standard errors
+    assert abs(layer.kl.item() - expected) < 5 * 1.5 / math.sqrt(n), (layer.kl.item(), expected)
+    # and the relaxed KL is not the categorical one (at delta=0 the categorical KL is 0)
+    if delta == 0.0:
+        assert expected > 0.01 and lwta_kl(x[:1]).abs() < 1e-6
+
+
+def test_relaxed_kl_scores_the_forward_sample_with_the_concrete_densities():
+    """Per draw, log q - log p equals the simplex-space concrete densities (Maddison et al. eq. of
+    Concrete(alpha, lambda)) at the sample the forward used, for U=4."""
+    U, tau, prior_tau = 4, 0.67, 0.5
+    layer = LWTA(U=U, kl='relaxed', tau=tau, prior_tau=prior_tau).train()
+    x = torch.randn(1, U, dtype=torch.float64) * 2
+    y = layer(x)
+    xi = (y / x).squeeze(0).double()  # the relaxed sample: y = h * xi
+    assert torch.isclose(xi.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+    def log_concrete(y, log_alpha, lam):
+        n = len(y)
+        return (math.lgamma(n) + (n - 1) * math.log(lam) + (log_alpha - (lam + 1) * y.log()).sum()
+                - n * torch.logsumexp(log_alpha - lam * y.log(), 0))
+
+    log_alpha = x.squeeze(0).log_softmax(0)
+    expected = log_concrete(xi, log_alpha, tau) - log_concrete(xi, torch.zeros(U, dtype=torch.float64), prior_tau)
+    assert torch.isclose(layer.kl.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_relaxed_kl_is_differentiable_and_closed_form_is_the_default():
+    layer = LWTA(kl='relaxed').train()
+    x = torch.randn(8, 6, 3, 3, requires_grad=True)
+    (layer(x).sum() + layer.kl).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert "kl='relaxed'" in repr(layer) and LWTA().kl_form == 'closed'
+    closed = LWTA().train()
+    closed(x.detach())
+    assert torch.allclose(closed.kl, lwta_kl(x.detach()))
+    with pytest.raises(ValueError, match='kl must be one of'):
+        LWTA(kl='exact')

@@ -1,4 +1,4 @@
 """Stochastic layers of the zoo."""
 from .ibp import IBPConv2d, IBPLinear, IBPMask, format_keep_fraction, ibp_keep_fraction, ibp_layers
-from .lwta import LWTA, MODES, lwta, lwta_kl, lwta_modules, track_kl
+from .lwta import LWTA, MODES, lwta, lwta_kl, lwta_modules, lwta_relaxed_kl, track_kl
 from .stochastic import kl_divergence, set_mode, stochastic_modules

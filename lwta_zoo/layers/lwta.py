@@ -15,6 +15,16 @@ Modes (see ``MODES``):
 * ``max``: deterministic LWTA-max (the AISTATS paper's baseline): the largest unit wins.
 * ``mean``: the expected output ``h * softmax(h)``, a smooth surrogate for adaptive attacks.
 
+KL of the winners (``kl``), recorded after each training-mode 'sample' forward:
+
+* ``closed`` (default): KL[q(xi) || Categorical(1/U)] of the categorical winners in closed form.
+* ``relaxed``: the papers' one-sample estimate log q(xi^) - log p(xi^) (WRN paper eqs. 8-9)
+  between relaxed distributions: the posterior concrete at ``tau`` (the forward's own sample
+  xi^) and a uniform-logit concrete prior at ``prior_tau`` (the AISTATS paper: 0.67 and 0.5).
+  Its mean is KL[Concrete(q, tau) || Concrete(1/U, prior_tau)], which is not the categorical
+  KL (at q uniform it is not 0 unless the temperatures agree; it can be negative per draw).
+  It runs on the eager path.
+
 Sampling (U up to ``lwta_fast.max_units()``, hard samples included) runs the fused
 kernels of ``lwta_fast`` (one pass, noise from a counter-based generator, backward from a
 uint8 winner index or the regenerated noise): C kernels for float32 and bfloat16 CPU
@@ -30,10 +40,12 @@ from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from . import lwta_fast
 
 MODES = ('sample', 'max', 'mean')
+KL_FORMS = ('closed', 'relaxed')
 
 
 def _blocks(x: torch.Tensor, U: int, name: str) -> torch.Tensor:
@@ -56,6 +68,12 @@ def _fused(x: torch.Tensor, U: int, straight_through: bool) -> bool:
     return not straight_through and lwta_fast.supports(x, U)
 
 
+def _concrete_log_sample(h: torch.Tensor, tau: float) -> torch.Tensor:
+    """log of a concrete sample along dim 2: log softmax((log softmax(h) + g) / tau) == log softmax((h + g) / tau)."""
+    gumbel = -torch.empty_like(h).exponential_().log()
+    return ((h + gumbel) / tau).log_softmax(2)
+
+
 def lwta(
     x: torch.Tensor,
     U: int = 2,
@@ -67,13 +85,16 @@ def lwta(
     name: str = 'LWTA',
     straight_through: bool = False,
     inplace: bool = False,
+    log_sample: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Functional LWTA over blocks of U adjacent channels; see the module docstring.
 
     ``straight_through`` keeps the sample's forward value but differentiates it as softmax(h)
     (a straight-through estimator, for attacks that differentiate the sampled model), whether
     the sample is exact or relaxed (``eval_tau``, training). ``inplace`` lets an exact sample
-    that needs no gradient overwrite ``x`` on the fused path, as ``relu_`` does.
+    that needs no gradient overwrite ``x`` on the fused path, as ``relu_`` does. ``log_sample``:
+    the log of a relaxed sample (N, C/U, U, *S) the caller drew (the relaxed KL scores it), used
+    in place of a fresh one in a relaxed 'sample' call.
     """
     h = _blocks(x, U, name)
     if mode == 'max':
@@ -82,15 +103,13 @@ def lwta(
         xi = h.softmax(2)
     elif mode != 'sample':
         raise ValueError(f'{name}: mode must be one of {MODES}, got {mode!r}')
-    elif _fused(x, U, straight_through):
+    elif log_sample is None and _fused(x, U, straight_through):
         if not training and eval_tau is None:
             in_place = inplace and not (torch.is_grad_enabled() and x.requires_grad)
             return lwta_fast.sample_(x, U=U) if in_place else lwta_fast.sample(x, U=U)
         return lwta_fast.relaxed(x, tau if training else eval_tau, U=U, hard=hard and training)[0]
     elif training or eval_tau is not None:
-        # Concrete relaxation: softmax((log softmax(h) + g) / tau) == softmax((h + g) / tau).
-        gumbel = -torch.empty_like(h).exponential_().log()
-        xi = ((h + gumbel) / (tau if training else eval_tau)).softmax(2)
+        xi = (log_sample if log_sample is not None else _concrete_log_sample(h, tau if training else eval_tau)).exp()
         if hard and training:
             xi = _one_hot_max(xi) - xi.detach() + xi
         elif straight_through:
@@ -122,6 +141,21 @@ def lwta_kl(x: torch.Tensor, U: int = 2, name: str = 'LWTA') -> torch.Tensor:
     return kl.flatten(1).sum(1).mean()
 
 
+def lwta_relaxed_kl(x: torch.Tensor, log_sample: torch.Tensor, U: int = 2, tau: float = 0.67,
+                    prior_tau: float = 0.5, name: str = 'LWTA') -> torch.Tensor:
+    """The one-sample estimate log q(xi^) - log p(xi^) summed over blocks (and positions), mean over the batch.
+
+    q = Concrete(softmax(h), tau) for the blocks h of ``x``, p = Concrete(1/U, prior_tau), scored at the
+    sample whose log is ``log_sample`` (N, C/U, U, *S) (log densities of the log-space concrete, whose
+    ratio equals the concrete's). An unbiased estimate of KL[q || p] between the relaxed distributions.
+    """
+    h = _blocks(x, U, name).float().movedim(2, -1)
+    value = log_sample.float().movedim(2, -1)
+    q = ExpRelaxedCategorical(torch.tensor(tau), logits=h, validate_args=False)
+    p = ExpRelaxedCategorical(torch.tensor(prior_tau), logits=torch.zeros_like(h), validate_args=False)
+    return (q.log_prob(value) - p.log_prob(value)).flatten(1).sum(1).mean()
+
+
 class LWTA(nn.Module):
     """Stochastic LWTA activation, a drop-in replacement for ReLU (see module docstring).
 
@@ -134,6 +168,9 @@ class LWTA(nn.Module):
             (the authors' code, 0.01) instead of exact one-hot samples.
         inplace: as ReLU's: exact samples that need no gradient (inference) overwrite the
             input on the fused path instead of filling a fresh tensor.
+        kl: 'closed' (the categorical KL in closed form) or 'relaxed' (the papers' one-sample
+            estimate between relaxed posterior and prior; see the module docstring).
+        prior_tau: temperature of the relaxed prior (``kl='relaxed'`` only; 0.5 in the AISTATS paper).
 
     After a training-mode forward, ``kl`` holds the KL of q(xi) to the uniform prior.
     """
@@ -146,15 +183,21 @@ class LWTA(nn.Module):
         hard: bool = False,
         mode: str = 'sample',
         eval_tau: Optional[float] = None,
+        kl: str = 'closed',
+        prior_tau: float = 0.5,
     ):
         super().__init__()
         if isinstance(U, bool) or not isinstance(U, int) or U < 2:
             raise ValueError(f'LWTA needs U >= 2 competing units per block, got U={U!r}')
-        if not tau > 0 or (eval_tau is not None and not eval_tau > 0):
-            raise ValueError(f'LWTA temperatures must be positive, got tau={tau}, eval_tau={eval_tau}')
+        if not (tau > 0 and prior_tau > 0) or (eval_tau is not None and not eval_tau > 0):
+            raise ValueError(f'LWTA temperatures must be positive, got tau={tau}, prior_tau={prior_tau}, '
+                             f'eval_tau={eval_tau}')
+        if kl not in KL_FORMS:
+            raise ValueError(f'LWTA kl must be one of {KL_FORMS}, got {kl!r}')
         if mode not in MODES:
             raise ValueError(f'LWTA mode must be one of {MODES}, got {mode!r}')
         self.U, self.tau, self.hard, self.mode, self.eval_tau, self.inplace = U, tau, hard, mode, eval_tau, inplace
+        self.kl_form, self.prior_tau = kl, prior_tau
         self.layer_name = 'LWTA'  # set to the module path by convert() and the model builders
         self.kl: Optional[torch.Tensor] = None
         self.accumulate_kl = False  # set where a root-level hook resets kl before each forward
@@ -162,6 +205,11 @@ class LWTA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.mode == 'sample':
+            if self.kl_form == 'relaxed':  # one relaxed sample drives the output and scores the KL
+                log_sample = _concrete_log_sample(_blocks(x, self.U, self.layer_name), self.tau)
+                self._record_kl(lwta_relaxed_kl(x, log_sample, self.U, self.tau, self.prior_tau, self.layer_name))
+                return lwta(x, self.U, self.mode, True, self.tau, self.hard, None, self.layer_name,
+                            self.straight_through, log_sample=log_sample)
             if _fused(x, self.U, self.straight_through):
                 _blocks(x, self.U, self.layer_name)  # the shape checks
                 y, kl = lwta_fast.relaxed(x, self.tau, want_kl=True, U=self.U, hard=self.hard)
@@ -176,7 +224,8 @@ class LWTA(nn.Module):
 
     def extra_repr(self) -> str:
         extra = (f', eval_tau={self.eval_tau}' if self.eval_tau is not None else '') + (
-            ', inplace=True' if self.inplace else '')
+            ', inplace=True' if self.inplace else '') + (
+            f", kl='relaxed', prior_tau={self.prior_tau}" if self.kl_form == 'relaxed' else '')
         return f'U={self.U}, tau={self.tau}, hard={self.hard}, mode={self.mode!r}{extra}'
 
 
