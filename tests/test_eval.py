@@ -115,7 +115,7 @@ def test_report_of_a_deterministic_model_is_the_old_rule_exactly(relu_model, tmp
     x, y = _task(24, 5)
     attacks = [pgd_attack('weak', 'adaptive', eps=0.03, step_size=0.01, steps=3),
                pgd_attack('strong', 'adaptive', eps=0.2, step_size=0.05, steps=10),
-               *select(suite(cw_steps=20, cw_binary_steps=2), ['aistats_cw'])]
+               *select(suite(cw_steps=100, cw_binary_steps=5), ['aistats_cw'])]
     report = evaluate(relu_model, x, y, attacks, repeats=3, batch_size=12, random_inputs=50, output=tmp_path,
                       progress=False)
     on_disk = json.loads((tmp_path / 'report.json').read_text())

@@ -381,8 +381,8 @@ def evaluate(
     if len(x) < 1 or len(x) != len(y):
         raise ValueError(f'need at least one example and as many labels as inputs, got {len(x)} and {len(y)}')
     names = [a.name for a in attacks]
-    if 'clean' in names or len(set(names)) != len(names) or any('/' in n for n in names):
-        raise ValueError(f'attack names must be unique, without "/" and not "clean": {names}')
+    if 'clean' in names or len(set(names)) != len(names) or any(':' in n for n in names):
+        raise ValueError(f'attack names must be unique, without ":" and not "clean": {names}')
     bad = [a.name for a in attacks if a.threat_model not in THREAT_MODELS or (a.threat_model == 'Linf') != (
         a.eps is not None)]
     if bad:
@@ -529,8 +529,8 @@ def _report(states: List[Dict[str, Any]], attacks: Sequence[Attack], y: torch.Te
                 done[int(s):int(s) + len(next(iter(entry.values()))['sel'])] = True
         if not done.all():
             raise RuntimeError(f'{attack}: {int((~done).sum())} examples were not evaluated')
-        parts[attack] = [attack + ('/' + p if p else '') for p in merged]
-        candidates.update({attack + ('/' + p if p else ''): v for p, v in merged.items()})
+        parts[attack] = [attack + (':' + p if p else '') for p in merged]
+        candidates.update({attack + (':' + p if p else ''): v for p, v in merged.items()})
         seconds[attack] = sum(t for st in states for t in st['time'].get(attack, {}).values())
     for c in candidates.values():
         c['valid'] = c['valid'].astype(bool)
@@ -551,7 +551,7 @@ def _report(states: List[Dict[str, Any]], attacks: Sequence[Attack], y: torch.Te
                  'outside_threat_model': int(sum((~allowed[c]).sum() for c in parts[a.name])),
                  'time_s': seconds[a.name], 'time_per_example_s': seconds[a.name] / n}
         if len(parts[a.name]) > 1:
-            entry['parts'] = {c.split('/', 1)[1]: worst(candidates, {**clean_only, c: allowed[c]}, repeats)[0]
+            entry['parts'] = {c.split(':', 1)[1]: worst(candidates, {**clean_only, c: allowed[c]}, repeats)[0]
                               for c in parts[a.name]}
         if a.threat_model == 'L2':
             c = candidates[parts[a.name][0]]
@@ -711,8 +711,10 @@ def card_results(report: Dict[str, Any], label: str) -> List[Dict[str, Any]]:
                         **settings, **l2))
         rows += [row(f'{name} {part} robust accuracy ({label})', f, a['threat_model'], a['eps'],
                      protocol=a['protocol'], part_of=name, **settings) for part, f in a.get('parts', {}).items()]
+    main = [t for t in report['threat_models'] if t == report.get('worst_case')]  # the headline one first
     rows += [row(f"worst-case robust accuracy ({t['threat_model']}, eps {_eps_text(t['eps'])}; {label})", t,
-                 t['threat_model'], t['eps'], over=t['attacks']) for t in report['threat_models']]
+                 t['threat_model'], t['eps'], over=t['attacks'])
+             for t in main + [t for t in report['threat_models'] if t not in main]]
     return rows
 
 
