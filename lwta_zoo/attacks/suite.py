@@ -53,9 +53,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..layers.ibp import independent_copies
 from ..layers.stochastic import stochastic_modules
-from ..sampling import fold_plan, repeat_batch
+from ..sampling import folded_forward
 from .autoattack import apgd, autoattack
 from .cw import blind_spot, cw_l2
 from .pgd import input_gradient, pgd
@@ -249,10 +248,8 @@ def score(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, repeats: int, 
     of the true class) and ``ev`` (correct among the last R).
     """
     n = len(x_adv)
-    cap = max_batch or getattr(model, 'max_batch', None)
-    with independent_copies(n):
-        logits = torch.cat([model(repeat_batch(x_adv, c))
-                            for c in fold_plan(n, 2 * repeats, cap, x_adv.device.type)]).view(2 * repeats, n, -1)
+    logits = folded_forward(model, x_adv, 2 * repeats, max_batch or getattr(model, 'max_batch', None))
+    logits = logits.view(2 * repeats, n, -1)
     correct = logits.argmax(-1).eq(y)
     p_true = logits.float().softmax(-1).gather(-1, y.view(1, n, 1).expand(2 * repeats, n, 1))[..., 0]
     return {'sel': correct[:repeats].sum(0).tolist(), 'selp': p_true[:repeats].mean(0).round(decimals=6).tolist(),
