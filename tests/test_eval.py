@@ -171,7 +171,6 @@ def test_resume_reuses_finished_batches_and_refuses_another_run(relu_model, tmp_
     other_weights = copy.deepcopy(model)
     with torch.no_grad():
         next(other_weights.parameters())[0] += 1
-    lwta_zoo.set_samples(lwta_zoo.MultiSample(model), 1)
     cases = {'weights_sha256': (other_weights, x, y, [a], run, identity),
              'data_sha256': (model, x.flip(0), y.flip(0), [a], run, identity),
              'model': (model, x, y, [a], run, {**identity, 'model': 'other'}),
