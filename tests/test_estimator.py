@@ -47,18 +47,18 @@ def test_null_attacks_leave_the_worst_case_at_clean_accuracy(name):
     """Calibration: attacks that return the input cannot lower robust accuracy, so the worst case
     must equal clean accuracy within the intervals. The old rule (the same draws choose and score,
     AND over clean and every attack) fails this on the same data: noise alone lowers it."""
-    x, y = _fmnist(250)
+    x, y = _fmnist(200)
     model = hub.load_pretrained(name).eval()
-    report = evaluate(model, x, y, [null_attack(f'null{i}') for i in range(4)], repeats=1, batch_size=250,
-                      random_inputs=0, progress=False)
+    nulls = [null_attack(f'null{i}') for i in range(6)]
+    report = evaluate(model, x, y, nulls, repeats=1, batch_size=200, random_inputs=0, progress=False)
     clean, worst = report['clean'], report['worst_case']
-    assert worst['attacks'] == ['null0', 'null1', 'null2', 'null3'] and worst['n'] == clean['n'] == 250
+    assert worst['attacks'] == [a.name for a in nulls] and worst['n'] == clean['n'] == 200
     assert clean['interval'][0] <= worst['accuracy'] <= clean['interval'][1]
     assert worst['interval'][0] <= clean['accuracy'] <= worst['interval'][1]
     for attack in report['attacks'].values():
         assert clean['interval'][0] <= attack['accuracy'] <= clean['interval'][1]
     old = report['previous_rule']['worst_case_accuracy']['Linf@0']
-    assert old < clean['interval'][0], (old, clean)  # the old rule: biased low by 8-15 points here
+    assert old < clean['interval'][0], (old, clean)  # the old rule: 11-19 points low here
 
 
 def _max_mode(model: nn.Module) -> nn.Module:

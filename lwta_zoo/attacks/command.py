@@ -125,7 +125,7 @@ def run_eval(args: argparse.Namespace) -> int:
                      None if args.attacks else args.preset or 'default')
     report = evaluate(model, x, y, attacks, repeats=args.repeats, batch_size=args.batch_size, seed=args.seed,
                       random_inputs=args.random_inputs, output=args.output, resume=args.resume,
-                      progress=not args.no_progress,
+                      progress=not args.no_progress, estimate=True,
                       identity={'model': args.model, 'data': args.data, 'twin': args.twin},
                       meta={'command': getattr(args, 'command_line', None), 'model': args.model,
                             'eval_tau': args.eval_tau, 'data': args.data, 'preset': args.preset,

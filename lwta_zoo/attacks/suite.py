@@ -57,7 +57,7 @@ from ..layers.stochastic import stochastic_modules
 from ..sampling import folded_forward
 from .autoattack import apgd, autoattack
 from .cw import blind_spot, cw_l2
-from .pgd import input_gradient, pgd
+from .pgd import gradient_surrogate, input_gradient, pgd
 
 AttackOutput = Union[torch.Tensor, Dict[str, torch.Tensor]]
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], AttackOutput]
@@ -329,22 +329,30 @@ def run_identity(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Dict[str
 
 def estimate_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, jobs: Sequence[tuple], repeats: int,
                      batch_size: int) -> float:
-    """Seconds the pending ``jobs`` should take: each attack's ``cost`` (gradient evaluations per
-    example, an upper bound) times one measured input gradient, plus its 2R predictions a
-    candidate, measured on the first batch."""
+    """Seconds the pending ``jobs`` should take, from a cost model: each attack's ``cost``
+    (gradient evaluations per example) times one input gradient of its kind ('model', 'mean',
+    'max', 'ste'), plus 2R predictions a candidate, all timed on the first batch."""
     xb, yb = x[:batch_size].to(_device(model)), y[:batch_size].to(_device(model))
+    kinds = {'model' if a.settings.get('gradient', 'eot') == 'eot' else a.settings['gradient'] for a, _ in jobs if a}
+    grad = {}
     input_gradient(model, xb[:2], yb[:2])  # warm-up: one-time costs (kernel builds, allocations)
-    t0 = time.time()
-    input_gradient(model, xb, yb)
-    grad = (time.time() - t0) / len(xb)
+    for kind in kinds:
+        with gradient_surrogate(model, kind):
+            t0 = time.time()
+            input_gradient(model, xb, yb)
+            grad[kind] = (time.time() - t0) / len(xb)
     t0 = time.time()
     score(model, xb, yb, 1)
     predict = (time.time() - t0) / len(xb) / 2
     total = 0.0
     for attack, s in jobs:
         rows = len(x[s:s + batch_size])
-        parts = 1 if attack is None else max(1, str(attack.settings.get('parts', '')).count(',') + 1)
-        total += rows * ((attack.cost if attack else 0) * grad + parts * 2 * repeats * predict)
+        if attack is None:
+            total += rows * 2 * repeats * predict
+            continue
+        kind = attack.settings.get('gradient', 'model')
+        parts = max(1, str(attack.settings.get('parts', '')).count(',') + 1)
+        total += rows * (attack.cost * grad['model' if kind == 'eot' else kind] + parts * 2 * repeats * predict)
     return total
 
 
@@ -363,14 +371,15 @@ def evaluate(
     progress: bool = True,
     meta: Optional[Dict[str, Any]] = None,
     identity: Optional[Dict[str, Any]] = None,
+    estimate: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """Run ``attacks`` on (x, y) in [0, 1] and return the report (written to ``output`` if given).
 
     ``random_inputs`` uniform-noise images feed the Random attack (0 skips it). ``identity``
     adds what names the run (model spec, data spec) to what ``run_identity`` measures; a
     resumed partial must match all of it. Under torchrun each process takes every
-    world-size-th batch and all return the merged report. With ``progress`` an estimate of the
-    total time is printed before the first batch. Times: ``time_s`` sums every batch (all
+    world-size-th batch and all return the merged report. With ``estimate`` (default: as
+    ``progress``) an estimate of the total time is printed to stderr before the first batch. Times: ``time_s`` sums every batch (all
     processes, earlier runs resumed); ``wall_s`` is this call.
     """
     if repeats < 1 or batch_size < 1:
@@ -397,10 +406,11 @@ def evaluate(
     starts = list(range(0, len(x), batch_size))[rank::world]
     jobs = [(a, s) for a in [None, *attacks] for s in starts
             if str(s) not in state['batches'].get(a.name if a else 'clean', {})]
-    if progress and rank == 0 and jobs:
-        estimate = estimate_seconds(model, x, y, jobs, repeats, batch_size)
-        print(f'estimated time: {estimate / 60:.1f} min for {len(jobs)} batches on this process (attack costs '
-              f'are upper bounds: early stopping and filtered examples make some faster)', file=sys.stderr)
+    if (progress if estimate is None else estimate) and rank == 0 and jobs:
+        seconds = estimate_seconds(model, x, y, jobs, repeats, batch_size)
+        print(f'estimated time: {seconds / 60:.1f} min for {len(jobs)} batches on this process (each attack\'s '
+              f'gradient count times one timed gradient of its kind; early stopping and AutoAttack\'s filtering '
+              f'can make it shorter, a loaded machine longer)', file=sys.stderr)
     t_start = time.time()
     for attack, s in tqdm(jobs, disable=not progress or rank > 0, desc='eval', unit='batch'):
         name = attack.name if attack else 'clean'
