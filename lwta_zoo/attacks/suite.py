@@ -183,13 +183,15 @@ def suite(
                           gradient=gradient, eot_samples=eot_samples, presets=presets)
 
     def l2(name: str, fn: Callable[..., torch.Tensor], origin=None, **settings) -> Attack:
-        return Attack(name, 'AISTATS paper', dict(attack=fn.__name__, **settings, **cw), _unseeded(fn, **settings, **cw),
-                      threat_model='L2', cost=cw_steps * cw_binary_steps, presets=papers, origin=origin)
+        return Attack(name, 'AISTATS paper', dict(attack=fn.__name__, **settings, **cw),
+                      _unseeded(fn, **settings, **cw), threat_model='L2', cost=cw_steps * cw_binary_steps,
+                      presets=papers, origin=origin)
 
     attacks = [
         pgd_attack('pgd20', 'WRN paper', eps=eps, step_size=p['pgd_step'], steps=20,
                    presets=('default', 'papers', 'all')),
-        Attack('autoattack_standard', 'WRN paper', dict(attack='autoattack', version='standard', parts='apgd-ce, apgd-t, fab-t, square', eps=eps),
+        Attack('autoattack_standard', 'WRN paper',
+               dict(attack='autoattack', version='standard', parts='apgd-ce, apgd-t, fab-t, square', eps=eps),
                _seeded(autoattack, eps=eps, version='standard'), eps=eps, cost=100 + 900 + 900 + 5000 / 3,
                presets=papers),
         Attack('autoattack_rand', 'WRN paper',
@@ -379,8 +381,8 @@ def evaluate(
     adds what names the run (model spec, data spec) to what ``run_identity`` measures; a
     resumed partial must match all of it. Under torchrun each process takes every
     world-size-th batch and all return the merged report. With ``estimate`` (default: as
-    ``progress``) an estimate of the total time is printed to stderr before the first batch. Times: ``time_s`` sums every batch (all
-    processes, earlier runs resumed); ``wall_s`` is this call.
+    ``progress``) an estimate of the total time is printed to stderr before the first batch.
+    Times: ``time_s`` sums every batch (all processes, earlier runs resumed); ``wall_s`` is this call.
     """
     if repeats < 1 or batch_size < 1:
         raise ValueError(f'need repeats >= 1 and batch_size >= 1, got {repeats}, {batch_size}')
@@ -595,9 +597,9 @@ def _report(states: List[Dict[str, Any]], attacks: Sequence[Attack], y: torch.Te
         'format': FORMAT, 'identity': {k: v for k, v in config.items() if k != 'settings'},
         'n': n, 'repeats': repeats, 'samples': config['samples'], 'batch_size': config['batch_size'],
         'world_size': len(states),
-        'rule': (f'per example, each candidate input (clean, each attack output inside the threat model) gets {repeats} '
-                 f'selection draws; the candidate with the fewest correct is scored with {repeats} fresh draws: '
-                 f'defended = a majority (> {repeats}/2) correct; p_correct = the fraction correct'),
+        'rule': (f'per example, each candidate input (clean, each attack output inside the threat model) gets '
+                 f'{repeats} selection draws; the candidate with the fewest correct is scored with {repeats} fresh '
+                 f'draws: defended = a majority (> {repeats}/2) correct; p_correct = the fraction correct'),
         'interval_method': INTERVAL_METHOD,
         'clean': clean, 'clean_accuracy': clean['accuracy'],
         'attacks': report_attacks,
