@@ -610,7 +610,8 @@ def _report(states: List[Dict[str, Any]], attacks: Sequence[Attack], y: torch.Te
         'previous_rule': previous,
         'random_attack': None if random_frac is None else {
             'protocol': 'AISTATS paper', 'inputs': config['random_inputs'], 'threshold': 0.9,
-            'low_confidence_fraction': random_frac},
+            'low_confidence_fraction': random_frac,
+            'interval': wilson(round(random_frac * config['random_inputs']), config['random_inputs'])},
         'per_example': {'label': y.tolist(),
                         'selection': {k: c['sel'].astype(int).tolist() for k, c in candidates.items()},
                         'evaluation': {k: c['ev'].astype(int).tolist() for k, c in candidates.items()},
@@ -669,8 +670,10 @@ def markdown_table(report: Dict[str, Any]) -> str:
                      f"{_eps_text(t['eps'])} | | **{_pct(t)}** | {100 * t['p_correct']:.1f} | |")
     if report.get('random_attack'):
         ra = report['random_attack']
-        lines += ['', f"Random attack (AISTATS paper): {100 * ra['low_confidence_fraction']:.1f}% of "
-                      f"{ra['inputs']} uniform-noise images get confidence < {ra['threshold']} (higher is better)."]
+        low, high = ra['interval']
+        lines += ['', f"Random attack (AISTATS paper): {100 * ra['low_confidence_fraction']:.1f}% "
+                      f"[{100 * low:.1f}, {100 * high:.1f}] of {ra['inputs']} uniform-noise images get confidence < "
+                      f"{ra['threshold']} (higher is better)."]
     return '\n'.join(lines) + '\n'
 
 
