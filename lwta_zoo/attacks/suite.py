@@ -488,9 +488,13 @@ def wilson(k: int, n: int, z: float = 1.959964) -> List[float]:
 
 
 def bootstrap(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> List[float]:
-    """95% percentile bootstrap interval of the mean of ``values`` (resampling examples)."""
+    """95% percentile bootstrap interval of the mean of ``values`` (resampling examples).
+
+    A resample is drawn as multinomial counts of the distinct values (the same distribution as
+    resampling the examples, in memory that does not grow with n)."""
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)
+    distinct, counts = np.unique(values, return_counts=True)
+    means = rng.multinomial(len(values), counts / counts.sum(), size=resamples) @ distinct / len(values)
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
