@@ -14,6 +14,8 @@ from typing import Callable, List, Optional
 import torch
 import torch.nn as nn
 
+from .layers.ibp import independent_copies
+
 AVERAGES = ('logits', 'probs')
 MAX_BATCH = {'cpu': 128, 'cuda': 256}
 """Default cap on the rows of one folded forward, by device type (256 elsewhere). CPU: on a
@@ -58,9 +60,11 @@ def folded_forward(
     forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, samples: int, max_batch: Optional[int] = None,
 ) -> torch.Tensor:
     """``forward`` on L copies of ``x`` folded into the batch, in forwards of whole copies of at
-    most ``max_batch`` rows (``fold_plan``); the outputs stacked copy by copy, (L*N, ...)."""
+    most ``max_batch`` rows (``fold_plan``); the outputs stacked copy by copy, (L*N, ...). Every
+    copy draws its own IBP masks (``independent_copies``), as L separate forwards would."""
     plan = fold_plan(len(x), samples, max_batch, x.device.type)
-    return torch.cat([forward(repeat_batch(x, copies)) for copies in plan])
+    with independent_copies(len(x)):
+        return torch.cat([forward(repeat_batch(x, copies)) for copies in plan])
 
 
 def sample_average(

@@ -109,41 +109,81 @@ def test_surrogate_attacks_run_on_a_converted_timm_model():
         assert F.cross_entropy(model(x_adv), y) > clean
 
 
-def test_report_worst_case_is_below_every_attack_and_deterministic(relu_model, tmp_path):
-    model = lwta_zoo.convert(copy.deepcopy(relu_model)).eval()
+def test_report_of_a_deterministic_model_is_the_old_rule_exactly(relu_model, tmp_path):
+    """No randomness, no noise to guard against: every figure is 'correct on the clean input and on
+    every attack output', p_correct equals the accuracy, and the worst case is below every attack."""
     x, y = _task(24, 5)
     attacks = [pgd_attack('weak', 'adaptive', eps=0.03, step_size=0.01, steps=3),
-               pgd_attack('mean', 'adaptive', eps=0.1, step_size=0.02, steps=10, gradient='mean'),
-               *select(suite(cw_steps=20, cw_binary_steps=2), ['aistats_cw'])]
-    report = evaluate(model, x, y, attacks, repeats=3, batch_size=12, random_inputs=50, output=tmp_path,
+               pgd_attack('strong', 'adaptive', eps=0.2, step_size=0.05, steps=10),
+               *select(suite(cw_steps=100, cw_binary_steps=5), ['aistats_cw'])]
+    report = evaluate(relu_model, x, y, attacks, repeats=3, batch_size=12, random_inputs=50, output=tmp_path,
                       progress=False)
     on_disk = json.loads((tmp_path / 'report.json').read_text())
     assert on_disk['robust_accuracy'] == report['robust_accuracy']
-    assert set(report['attacks']) == {'weak', 'mean', 'aistats_cw'}
-    for acc in [report['clean_accuracy'], *report['robust_accuracy'].values()]:
+    assert set(report['attacks']) == {'weak', 'strong', 'aistats_cw'}
+    with torch.no_grad():
+        clean = relu_model(x).argmax(1) == y
+    assert report['clean_accuracy'] == clean.float().mean().item()
+    old = report['previous_rule']
+    assert report['clean_accuracy'] == old['clean_accuracy']
+    assert report['robust_accuracy'] == old['robust_accuracy']
+    assert report['worst_case_accuracy'] == old['worst_case_accuracy']['Linf@0.2']
+    assert all(a['p_correct'] == a['accuracy'] for a in report['attacks'].values())
+    for acc in [report['clean_accuracy'], *(a['accuracy'] for a in report['attacks'].values()
+                                            if a['threat_model'] == 'Linf')]:
         assert report['worst_case_accuracy'] <= acc
-    assert report['worst_case_accuracy_all'] <= report['worst_case_accuracy']
+    assert report['robust_accuracy']['strong'] < report['robust_accuracy']['weak'] < report['clean_accuracy']
     assert report['robust_accuracy']['aistats_cw'] < report['clean_accuracy'], 'CW is unbounded: it must succeed'
     assert 0 <= report['random_attack']['low_confidence_fraction'] <= 1
-    assert '| **worst case**' in (tmp_path / 'report.md').read_text()
-    again = evaluate(model, x, y, attacks, repeats=3, batch_size=12, random_inputs=50, progress=False)
-    assert again['per_example'] == report['per_example']
+    # threat models apart: CW (L2) is in no L-inf worst case; 'weak' (eps 0.03) is in both L-inf ones
+    tms = {(t['threat_model'], t['eps']): t['attacks'] for t in report['threat_models']}
+    assert tms == {('Linf', 0.03): ['weak'], ('Linf', 0.2): ['weak', 'strong'], ('L2', None): ['aistats_cw']}
+    assert report['attacks']['aistats_cw']['median_l2'] > 0
+    table = (tmp_path / 'report.md').read_text()
+    assert '| **worst case** |' in table and f"{100 * report['clean_accuracy']:.1f} [" in table
 
 
-def test_resume_reuses_finished_batches(relu_model, tmp_path):
+def test_report_of_a_stochastic_model_is_deterministic_given_the_seed(relu_model):
+    model = lwta_zoo.convert(copy.deepcopy(relu_model)).eval()
+    x, y = _task(24, 5)
+    attacks = [pgd_attack('mean', 'adaptive', eps=0.1, step_size=0.02, steps=5, gradient='mean')]
+    first, again = (evaluate(model, x, y, attacks, repeats=3, batch_size=12, random_inputs=0, progress=False)
+                    for _ in range(2))
+    assert again['per_example'] == first['per_example']
+    sel, ev = first['per_example']['selection'], first['per_example']['evaluation']
+    assert sel['clean'] != ev['clean'], 'selection and evaluation must be separate draws'
+    low, high = first['clean']['interval']
+    assert low <= first['clean_accuracy'] <= high and high - low > 0.1  # n=24: a wide interval
+
+
+def test_resume_reuses_finished_batches_and_refuses_another_run(relu_model, tmp_path):
     model = lwta_zoo.convert(copy.deepcopy(relu_model)).eval()
     x, y = _task(20, 6)
     a = pgd_attack('a', 'adaptive', eps=0.05, step_size=0.01, steps=5)
     b = pgd_attack('b', 'adaptive', eps=0.1, step_size=0.02, steps=5, gradient='max')
-    first = evaluate(model, x, y, [a], repeats=3, batch_size=8, random_inputs=0, output=tmp_path, progress=False)
-    full = evaluate(model, x, y, [a, b], repeats=3, batch_size=8, random_inputs=0, output=tmp_path, resume=True,
-                    progress=False)
+    run = dict(repeats=3, batch_size=8, random_inputs=0, progress=False)
+    identity = {'model': 'tiny', 'data': 'task'}
+    first = evaluate(model, x, y, [a], output=tmp_path, identity=identity, **run)
+    full = evaluate(model, x, y, [a, b], output=tmp_path, resume=True, identity=identity, **run)
     assert full['attacks']['a']['time_s'] == first['attacks']['a']['time_s']  # not run again
-    fresh = evaluate(model, x, y, [a, b], repeats=3, batch_size=8, random_inputs=0, progress=False)
+    fresh = evaluate(model, x, y, [a, b], identity=identity, **run)
     assert fresh['per_example'] == full['per_example']
-    with pytest.raises(ValueError, match='other settings'):
-        evaluate(model, x, y, [a], repeats=5, batch_size=8, random_inputs=0, output=tmp_path, resume=True,
-                 progress=False)
+    other_weights = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other_weights.parameters())[0] += 1
+    cases = {'weights_sha256': (other_weights, x, y, [a], run, identity),
+             'data_sha256': (model, x.flip(0), y.flip(0), [a], run, identity),
+             'model': (model, x, y, [a], run, {**identity, 'model': 'other'}),
+             'repeats': (model, x, y, [a], {**run, 'repeats': 5}, identity),
+             'settings of a': (model, x, y, [pgd_attack('a', 'adaptive', eps=0.06, step_size=0.01, steps=5)], run,
+                               identity)}
+    for what, (m, xs, ys, attacks, kwargs, ident) in cases.items():
+        with pytest.raises(ValueError, match=f'another run: {what}') as error:
+            evaluate(m, xs, ys, attacks, output=tmp_path, resume=True, identity=ident, **kwargs)
+        assert '\n' not in str(error.value)
+    samples = lwta_zoo.MultiSample(copy.deepcopy(model), samples=3)
+    with pytest.raises(ValueError, match='samples 1 != 3'):
+        evaluate(samples, x, y, [a], output=tmp_path, resume=True, identity=identity, **run)
 
 
 def test_cli_sharded_over_two_gloo_processes_matches_one_process(tmp_path):
@@ -156,11 +196,16 @@ def test_cli_sharded_over_two_gloo_processes_matches_one_process(tmp_path):
     np.savez(tmp_path / 'data.npz', images=images, labels=labels)
     x, y, index = load_data(str(tmp_path / 'data.npz'), 5)
     assert x.shape == (5, 1, 28, 28) and (y == torch.from_numpy(labels)[index]).all()
-    args = [str(tmp_path / 'model'), '--data', str(tmp_path / 'data.npz'), '--attacks', 'pgd20,eot_pgd',
-            '--eot-samples', '2', '--adaptive-steps', '3', '--batch-size', '6', '--random-inputs', '20',
-            '--threads', '1', '--no-progress']
     parser = argparse.ArgumentParser()
     configure_eval(parser)
+    refused = parser.parse_args([str(tmp_path / 'model'), '--data', str(tmp_path / 'data.npz'), '--output',
+                                 str(tmp_path / 'refused')])
+    with pytest.raises(ValueError, match='cannot tell the dataset'):  # never another dataset's budget
+        refused.func(refused)
+    args = [str(tmp_path / 'model'), '--data', str(tmp_path / 'data.npz'), '--dataset', 'mnist',
+            '--attacks', 'pgd20,eot_pgd',
+            '--eot-samples', '2', '--adaptive-steps', '3', '--batch-size', '6', '--random-inputs', '20',
+            '--threads', '1', '--no-progress']
     one = parser.parse_args(args + ['--output', str(tmp_path / 'one')])
     assert one.func(one) == 0
     script = tmp_path / 'eval.py'  # `lwta-zoo eval` without the other subcommands' imports

@@ -9,14 +9,17 @@ Deterministic on CPU: rerunning it rewrites the same files.
 
 ``--reports DIR ...`` publishes ``lwta-zoo eval`` reports with the weights: their results go into
 the model card and each DIR/report.json (+ report.md) is copied to eval/<DIR name>/ beside them.
-The shipped reports came from (see each report's ``command``)::
+The shipped reports are written by (each report records its ``command``)::
 
     lwta-zoo eval wrn34_1_lwta.authors_pgd --eval-tau 0.01 --data lwta_zoo/data/cifar10_test_500.npz \
         --n 100 --batch-size 50 --output runs/authors_tau0.01_n100 --adaptive-steps 20 --threads 1 \
-        --attacks pgd20,pgd_mean,pgd_max,pgd_ste,apgd_mean --random-inputs 1000
+        --attacks pgd20,pgd_mean,pgd_max,pgd_ste,apgd_mean --random-inputs 1000 --no-progress
     lwta-zoo eval wrn34_1_lwta.authors_pgd --data lwta_zoo/data/cifar10_test_500.npz \
         --n 100 --batch-size 50 --output runs/authors_exact_n100 --adaptive-steps 20 --threads 1 \
-        --attacks pgd20,pgd_mean,pgd_ste,apgd_mean --random-inputs 1000
+        --attacks pgd20,pgd_mean,pgd_ste,apgd_mean --random-inputs 1000 --no-progress
+
+(the data file's name gives the CIFAR-10 budgets, eps 8/255; ``--preset papers`` adds the papers'
+AutoAttack, APGD-CE/DLR + EoT and the AISTATS attacks, at hours of CPU per 100 examples.)
 
     python tools/make_authors_weights.py [--source PATH] [--reports runs/authors_tau0.01_n100 runs/authors_exact_n100]
 

@@ -8,8 +8,12 @@ ships (lwta_zoo/data/fashion_mnist_test_500.npz, which tests/test_published.py c
 weights, and writes lwta_zoo/weights/aistats_softmax_mnist.<tag>/.
 
     lwta-zoo train recipes/fmnist_<key>_pgd.yaml train.threads=1 --output runs/fmnist/<key>
-    lwta-zoo eval runs/fmnist/<key>/export --data fashion_mnist ... --output runs/fmnist/<key>/eval/<name>
+    python tools/make_fmnist_weights.py --eval-commands [KEY ...] | sh   # the reports (``EVALS``)
     python tools/make_fmnist_weights.py [--runs runs/fmnist] [KEY ...]
+
+The reports: ``suite_n1000`` (PGD-20 and the adaptive attacks, n=1000) and ``papers_n100`` (the
+papers' protocols, ``--preset papers``: CW and Blind-Spot at the suite's default budget, 1000 steps
+x 10 binary-search steps, which fools undefended networks; n=100).
 """
 import argparse
 import json
@@ -27,6 +31,11 @@ ARCH = 'aistats_softmax_mnist'
 TAGS = {'relu': 'relu_fmnist_pgd', 'lwta': 'lwta_u2_fmnist_pgd', 'lwta_adaptive': 'lwta_u2_fmnist_adaptive_pgd',
         'lwta_ibp': 'lwta_ibp_u2_fmnist_pgd'}
 SUBSET = 'lwta_zoo/data/fashion_mnist_test_500.npz: the first 50 test images of each class'
+EVALS = {
+    'suite_n1000': '--n 1000 --attacks pgd20,eot_pgd,pgd_mean,pgd_max,pgd_ste,apgd_mean --adaptive-steps 20 '
+                   '--eot-samples 5 --batch-size 250',
+    'papers_n100': '--n 100 --preset papers --batch-size 100',
+}
 FULL = 'fashion_mnist test split: all 10,000 images'
 
 
@@ -70,15 +79,27 @@ def publish(runs: Path, key: str) -> Path:
     return out
 
 
+def eval_commands(runs: Path, key: str) -> list:
+    """The ``lwta-zoo eval`` commands that write RUNS/<key>/eval/<name>/ for every report of ``EVALS``."""
+    out = runs.resolve()
+    out = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    return [f'lwta-zoo eval {ARCH}.{TAGS[key]} --data fashion_mnist {args} --threads 1 --no-progress '
+            f'--output {out / key / "eval" / name}' for name, args in EVALS.items()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--runs', type=Path, default=ROOT / 'runs/fmnist')
+    p.add_argument('--eval-commands', action='store_true', help='print the eval commands of the reports and stop')
     p.add_argument('keys', nargs='*', metavar='KEY',
                    help=f'which runs (default: all of {", ".join(TAGS)})')
     args = p.parse_args()
     unknown = set(args.keys) - set(TAGS)
     if unknown:
         p.error(f'unknown KEY {sorted(unknown)}; one of {list(TAGS)}')
+    if args.eval_commands:
+        print('\n'.join(c for key in args.keys or list(TAGS) for c in eval_commands(args.runs, key)))
+        return
     torch.set_num_threads(1)
     for key in args.keys or list(TAGS):
         print(f'wrote {publish(args.runs, key).relative_to(ROOT)}')

@@ -110,7 +110,7 @@ def _published() -> List[str]:
             clean = next(r for r in results if r['name'].startswith('clean'))
             worst = next(r for r in results if r['name'].startswith('worst'))
             attacks = '; '.join(f"{r['name'].split(' robust')[0]} ({r.get('protocol')}, {threat_model(r)}) "
-                                f"{_pct(r['value'])}" for r in results if r not in (clean, worst))
+                                f"{_pct(r['value'])}" for r in results if not r['name'].startswith(('clean', 'worst')))
             eps = next((r['eps'] for r in results if 'eps' in r), None)
             label += f', eps {format_eps(eps)}' if eps is not None else ''
             rows.append(f"| {folder.name} | {clean.get('data').split(':')[0]} | {label} | {_pct(clean['value'])} | "

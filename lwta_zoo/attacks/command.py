@@ -1,13 +1,18 @@
 """``lwta-zoo eval MODEL_OR_FOLDER --data NPZ --n N --output DIR``: run the suite, write the report.
 
 MODEL_OR_FOLDER is anything ``lwta_zoo.hub.load_pretrained`` reads (an exported folder,
-``hf-hub:ORG/NAME``, ``arch.tag``). Run under ``torchrun --nproc_per_node=K`` to shard the
-examples over K processes (gloo).
+``hf-hub:ORG/NAME``, ``arch.tag``). Without ``--attacks`` the 'default' preset runs (the
+strongest attacks at a modest cost); ``--preset papers|adaptive|all`` for the papers'
+protocols, the adaptive attacks, everything. The attack budgets are the dataset's: from
+``--dataset``, or a dataset name in ``--data`` (a name, or an .npz file name such as
+fashion_mnist_test_500.npz); anything else is refused. Run under ``torchrun
+--nproc_per_node=K`` to shard the examples over K processes (gloo).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -16,7 +21,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from . import plots
-from .suite import PRESETS, evaluate, select, suite
+from .suite import BUDGETS, CHANNELS, PRESETS, evaluate, select, suite
 
 
 def load_model(spec: str, samples: Optional[int] = None, eval_tau: Optional[float] = None,
@@ -44,6 +49,28 @@ def load_data(spec: str, n: Optional[int] = None, seed: int = 0) -> Tuple[torch.
     return images.float().div(255), labels[index], index
 
 
+def infer_dataset(data: str, dataset: Optional[str], channels: int) -> str:
+    """The dataset whose attack budgets apply: ``dataset`` if given, else the one dataset name
+    that ``data`` (a name, or an .npz file name) contains; checked against the inputs' channels."""
+    if dataset is None:
+        name = Path(data).name.lower()
+        tokens = re.split(r'[^a-z0-9]+', name[:-4] if name.endswith('.npz') else name)
+        spans = [(i, i + len(d.split('_')), d) for d in BUDGETS for i in range(len(tokens))
+                 if tokens[i:i + len(d.split('_'))] == d.split('_')]
+        # a name inside a longer one ('mnist' in 'fashion_mnist') does not count
+        found = sorted({d for a, b, d in spans if not any(a2 <= a and b <= b2 and (a2, b2) != (a, b)
+                                                            for a2, b2, _ in spans)})
+        if len(found) != 1:
+            raise ValueError(f'cannot tell the dataset (and so the attack budgets) from --data {data!r}: its name '
+                             f'names {found or "none"} of {sorted(BUDGETS)}; pass --dataset')
+        dataset = found[0]
+    if dataset not in BUDGETS:
+        raise ValueError(f'--dataset must be one of {sorted(BUDGETS)}, got {dataset!r}')
+    if CHANNELS[dataset] != channels:
+        raise ValueError(f'--data {data!r} has {channels}-channel inputs; {dataset} images have {CHANNELS[dataset]}')
+    return dataset
+
+
 def configure_eval(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``lwta-zoo eval``."""
     parser.description = __doc__
@@ -51,10 +78,11 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--data', required=True, help='.npz with images (uint8 NHWC) and labels, or a dataset name')
     parser.add_argument('--n', type=int, default=None, help='N test examples, a seeded random subset (default: all)')
     parser.add_argument('--output', required=True, help='folder for report.json, report.md and figures')
-    parser.add_argument('--dataset', choices=sorted(PRESETS), default=None,
-                        help='attack budgets (default: --data if it names one, else mnist for 1-channel '
-                             'inputs, else cifar10)')
-    parser.add_argument('--attacks', default=None, help='comma-separated subset of the suite (default: all)')
+    parser.add_argument('--dataset', choices=sorted(BUDGETS), default=None,
+                        help='attack budgets (default: the dataset --data names; refused if it names none)')
+    parser.add_argument('--preset', choices=PRESETS, default=None,
+                        help="attack set (default: 'default', the strongest attacks at a modest cost)")
+    parser.add_argument('--attacks', default=None, help='comma-separated attacks of the suite (instead of --preset)')
     parser.add_argument('--samples', type=int, default=None, help="L samples a prediction (default: the model's)")
     parser.add_argument('--eval-tau', type=float, default=None,
                         help="test-time relaxation temperature (the authors' protocol: 0.01; default: exact samples)")
@@ -86,22 +114,26 @@ def run_eval(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.samples, args.eval_tau, args.max_batch).to(device or 'cpu')
     twin = load_model(args.twin).to(device or 'cpu') if args.twin else None
     x, y, index = load_data(args.data, args.n, args.seed)
-    dataset = args.dataset or (args.data if args.data in PRESETS else 'mnist' if x.shape[1] == 1 else 'cifar10')
+    dataset = infer_dataset(args.data, args.dataset, x.shape[1])
     eps_sweep = [float(e) / 255 for e in args.eps_sweep.split(',') if e]
     attacks = suite(dataset, eot_samples=args.eot_samples, adaptive_steps=args.adaptive_steps,
                     cw_steps=args.cw_steps, cw_binary_steps=args.cw_binary_steps, eps_sweep=eps_sweep,
                     twin=twin, twin_name=args.twin or '')
-    attacks = select(attacks, args.attacks.split(',') if args.attacks else None)
+    if args.attacks and args.preset:
+        raise ValueError('give --attacks or --preset, not both')
+    attacks = select(attacks, args.attacks.split(',') if args.attacks else None,
+                     None if args.attacks else args.preset or 'default')
     report = evaluate(model, x, y, attacks, repeats=args.repeats, batch_size=args.batch_size, seed=args.seed,
                       random_inputs=args.random_inputs, output=args.output, resume=args.resume,
-                      progress=not args.no_progress,
+                      progress=not args.no_progress, estimate=True,
+                      identity={'model': args.model, 'data': args.data, 'twin': args.twin},
                       meta={'command': getattr(args, 'command_line', None), 'model': args.model,
-                            'eval_tau': args.eval_tau, 'data': args.data,
+                            'eval_tau': args.eval_tau, 'data': args.data, 'preset': args.preset,
                             'indices': index.tolist(), 'dataset_budgets': dataset, 'twin': args.twin})
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
         if not args.no_figures:
-            plots.make_figures(report, model, x, y, args.output, PRESETS[dataset]['eps'], twin)
+            plots.make_figures(report, model, x, y, args.output, BUDGETS[dataset]['eps'], twin)
         print((Path(args.output) / 'report.md').read_text())
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -42,6 +42,7 @@ def cw_l2(
     lower, upper = torch.zeros_like(const), torch.full_like(const, math.inf)
     best, best_l2 = x.clone(), torch.full_like(const, math.inf)
     check_every = max(steps // 10, 1)
+    one_hot = None
     with torch.enable_grad():
         for _ in range(binary_search_steps):
             w = w0.clone().requires_grad_(True)
@@ -51,7 +52,8 @@ def cw_l2(
             for step in range(steps):
                 x_adv = (torch.tanh(w) + 1) / 2
                 logits = model(x_adv)
-                one_hot = F.one_hot(y, logits.shape[1]).bool()
+                if one_hot is None:
+                    one_hot = F.one_hot(y, logits.shape[1]).bool()
                 real = logits[one_hot]
                 other = logits.masked_fill(one_hot, -math.inf).amax(1)
                 l2 = (x_adv - x).flatten(1).pow(2).sum(1)
@@ -63,7 +65,7 @@ def cw_l2(
                     success = real + confidence < other
                     better = success & (l2 < best_l2)
                     best_l2 = torch.where(better, l2, best_l2)
-                    best[better] = x_adv.detach()[better]
+                    best = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x_adv, best)
                     found |= success
                 if abort_early and step % check_every == 0:
                     if loss.item() > previous * 0.9999:

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers.ibp import independent_copies
 from ..layers.lwta import LWTA
 from ..layers.stochastic import stochastic_modules
 from ..sampling import fold_plan, repeat_batch
@@ -63,9 +64,10 @@ def input_gradient(
     """
     x = x.detach().requires_grad_(True)
     grad = torch.zeros_like(x)
-    for copies in fold_plan(len(x), eot_samples, max_batch or getattr(model, 'max_batch', None), x.device.type):
-        loss = loss_fn(model(repeat_batch(x, copies)), repeat_batch(y, copies)) * (copies / eot_samples)
-        grad += torch.autograd.grad(loss, x)[0]
+    with independent_copies(len(x)):  # every draw its own IBP masks, not one shared architecture
+        for copies in fold_plan(len(x), eot_samples, max_batch or getattr(model, 'max_batch', None), x.device.type):
+            loss = loss_fn(model(repeat_batch(x, copies)), repeat_batch(y, copies)) * (copies / eot_samples)
+            grad += torch.autograd.grad(loss, x)[0]
     return grad
 
 

@@ -27,17 +27,21 @@ from .pgd import pgd  # noqa: E402
 
 
 def plot_robust_vs_eps(report: Dict[str, Any], path: os.PathLike) -> None:
-    """Robust accuracy against eps, one line per attack family ('pgd20', 'pgd20@4/255', ... -> 'pgd20')."""
+    """Robust accuracy against eps, one line per attack family ('pgd20', 'pgd20@4/255', ... -> 'pgd20'),
+    with the 95% intervals of reports that have them."""
     families: Dict[str, list] = defaultdict(list)
     for name, a in report['attacks'].items():
         if 'eps' in a['settings']:
-            families[name.split('@')[0]].append((a['settings']['eps'] * 255, 100 * a['robust_accuracy']))
+            acc = 100 * a['robust_accuracy']
+            low, high = (100 * v for v in a.get('interval', (a['robust_accuracy'],) * 2))
+            families[name.split('@')[0]].append((a['settings']['eps'] * 255, acc, acc - low, high - acc))
     fig, ax = plt.subplots(figsize=(6, 4))
     for family, points in sorted(families.items()):
-        ax.plot(*zip(*sorted(points)), marker='o', label=family)
+        eps, acc, below, above = zip(*sorted(points))
+        ax.errorbar(eps, acc, yerr=[below, above], marker='o', capsize=3, label=family)
     ax.axhline(100 * report['clean_accuracy'], color='k', ls=':', label='clean')
     ax.set(xlabel='eps (x/255, L-inf)', ylabel='robust accuracy (%)', ylim=(0, 100),
-           title=f"n={report['n']}, majority of R={report['repeats']}")
+           title=f"n={report['n']}, R={report['repeats']}, 95% intervals")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -26,6 +26,12 @@ states), q(z) = Bernoulli(pi~) with free probabilities pi~.
 Modes, as for LWTA: ``sample`` (the model), ``mean`` (z = pi~, a smooth surrogate),
 ``max`` (z = 1[pi~ > 1/2], the most probable architecture); the cut-off applies to all three.
 
+A forward draws one architecture z for its whole batch. Where copies of an input are folded
+into one batch (R repeated predictions, EoT draws), each copy must draw its own z:
+inside ``with independent_copies(rows)`` every block of ``rows`` consecutive rows of a
+batch whose size is a multiple of ``rows`` gets its own z (nested foldings keep the finest
+block), as the same forward run copy by copy would.
+
 Where the authors' public code (konpanousis/adversarial_ecoc_lwta) differs, this file follows
 the paper: their KL of z keeps only the q*log(q/pi) half of the Bernoulli KL and has no
 relaxed prior (so no prior temperature); their dense layers take the stick product along
@@ -37,6 +43,8 @@ temperature 0.01 at test time (``eval_tau=0.01`` reproduces that).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -48,6 +56,33 @@ from .lwta import MODES
 Z_KL = ('relaxed', 'bernoulli')
 EULER_GAMMA = 0.5772156649015329
 _UNIFORM_EPS = 1e-6  # keeps uniform noise inside (0, 1) so that logs stay finite
+
+
+_COPY_ROWS: ContextVar[Optional[int]] = ContextVar('ibp_copy_rows', default=None)
+
+
+@contextmanager
+def independent_copies(rows: int) -> Iterator[None]:
+    """Every block of ``rows`` consecutive batch rows draws its own IBP mask inside this context.
+
+    For forwards of copies of one batch of ``rows`` inputs folded along the batch dimension
+    (``lwta_zoo.sampling.repeat_batch``): without it all copies would share one architecture.
+    Nested contexts keep the finest block (the greatest common divisor of their ``rows``).
+    """
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f'independent_copies: rows must be a positive integer, got {rows!r}')
+    outer = _COPY_ROWS.get()
+    token = _COPY_ROWS.set(rows if outer is None else math.gcd(outer, rows))
+    try:
+        yield
+    finally:
+        _COPY_ROWS.reset(token)
+
+
+def _copies(batch: int) -> int:
+    """How many independent masks a forward of ``batch`` rows draws (see ``independent_copies``)."""
+    rows = _COPY_ROWS.get()
+    return batch // rows if rows and batch % rows == 0 else 1
 
 
 def _inverse_softplus(y: float) -> float:
@@ -90,7 +125,8 @@ class IBPMask(nn.Module):
 
     ``forward()`` returns a mask z of ``shape`` (see the module docstring for what it draws
     when) and, in a training-mode 'sample' forward, sets ``kl`` (sticks + z); otherwise
-    ``kl`` is None.
+    ``kl`` is None. ``forward(copies=k)`` draws k independent masks, shape (k, *shape) (the KL
+    is then their mean); a deterministic mode ('mean', 'max') returns one mask of ``shape``.
     """
 
     def __init__(
@@ -160,12 +196,18 @@ class IBPMask(nn.Module):
         return (F.binary_cross_entropy_with_logits(prior_logit, q, reduction='sum')
                 - F.binary_cross_entropy_with_logits(self.pi_logit, q, reduction='sum'))
 
-    def forward(self) -> torch.Tensor:
+    @property
+    def stochastic(self) -> bool:
+        """Whether a forward draws a random mask (mode 'sample')."""
+        return self.mode == 'sample'
+
+    def forward(self, copies: Optional[int] = None) -> torch.Tensor:
         logit = self.pi_logit
+        shape = self.shape if copies is None or not self.stochastic else (copies, *self.shape)
         if self.training and self.mode == 'sample':
-            x = _uniform(self.shape, logit)
+            x = _uniform(shape, logit)
             y = (logit + x.log() - torch.log1p(-x)) / self.tau  # relaxed Bernoulli, logit space
-            self.kl = self.kl_sticks() + self._kl_z(y)
+            self.kl = self.kl_sticks() + self._kl_z(y) / (copies or 1)
             return y.sigmoid()
         self.kl = None
         if self.mode == 'mean':
@@ -173,10 +215,10 @@ class IBPMask(nn.Module):
         elif self.mode == 'max':
             z = (logit > 0).to(logit.dtype)
         elif self.eval_tau is not None:
-            x = _uniform(self.shape, logit)
+            x = _uniform(shape, logit)
             z = ((logit + x.log() - torch.log1p(-x)) / self.eval_tau).sigmoid()
         else:
-            z = torch.bernoulli(self.pi.detach())
+            z = torch.bernoulli(self.pi.detach().expand(shape))
         return z * self.kept()
 
     def extra_repr(self) -> str:
@@ -208,8 +250,14 @@ class IBPLinear(nn.Linear):
                            device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.ibp().repeat_interleave(self.U, dim=1)  # (J, K*U), block k = U adjacent outputs
-        return F.linear(x, self.weight * z.t(), self.bias)
+        copies = _copies(len(x)) if self.ibp.stochastic else 1
+        if copies == 1:
+            z = self.ibp().repeat_interleave(self.U, dim=1)  # (J, K*U), block k = U adjacent outputs
+            return F.linear(x, self.weight * z.t(), self.bias)
+        z = self.ibp(copies).repeat_interleave(self.U, dim=2)  # (copies, J, K*U): one mask a copy
+        out = torch.bmm(x.reshape(copies, -1, x.shape[-1]), z * self.weight.t())
+        out = out.reshape(*x.shape[:-1], -1)
+        return out if self.bias is None else out + self.bias
 
 
 class IBPConv2d(nn.Conv2d):
@@ -228,9 +276,15 @@ class IBPConv2d(nn.Conv2d):
                            device=self.weight.device, dtype=self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.ibp().repeat_interleave(self.U)
-        bias = None if self.bias is None else self.bias * z
-        return self._conv_forward(x, self.weight * z.view(-1, 1, 1, 1), bias)
+        copies = _copies(len(x)) if self.ibp.stochastic else 1
+        if copies == 1:
+            z = self.ibp().repeat_interleave(self.U)
+            bias = None if self.bias is None else self.bias * z
+            return self._conv_forward(x, self.weight * z.view(-1, 1, 1, 1), bias)
+        # z gates whole kernels and their biases: masking the output per copy is the same
+        z = self.ibp(copies).repeat_interleave(self.U, dim=1)  # (copies, C_out)
+        out = self._conv_forward(x, self.weight, self.bias)
+        return (out.unflatten(0, (copies, -1)) * z[:, None, :, None, None]).flatten(0, 1)
 
 
 def ibp_layers(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
