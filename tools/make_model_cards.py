@@ -14,7 +14,9 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import torch
 import yaml
+from safetensors.torch import load_file
 
 import lwta_zoo
 from lwta_zoo.hub import (
@@ -81,11 +83,12 @@ def recard(folder: Path) -> None:
     known = [f for f in dict.fromkeys(map(report_folder, metrics['results'])) if f in found]  # the recorded order
     metrics['results'] = seeded + report_results([folder / f for f in known + [f for f in found if f not in known]],
                                                  notes)
-    weights = (folder / WEIGHTS_FILE).read_bytes()
+    weights = {k: v.clone() for k, v in load_file(folder / WEIGHTS_FILE).items()}  # not a view of the file
     model = load_pretrained(folder).eval()
     model.pretrained_cfg.pop('label_names', None)  # timm copies them in from config.json; the export writes them
     save_pretrained(model, folder, recipe=recipe, metrics=metrics, provenance=provenance)
-    if (folder / WEIGHTS_FILE).read_bytes() != weights:
+    again = load_file(folder / WEIGHTS_FILE)  # the recorded model args may change the file's metadata, not a tensor
+    if again.keys() != weights.keys() or any(not torch.equal(again[k], weights[k]) for k in weights):
         raise RuntimeError(f'{folder / WEIGHTS_FILE} changed on export; the weights must stay as they are')
 
 
