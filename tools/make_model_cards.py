@@ -3,7 +3,8 @@
 Each folder under lwta_zoo/weights/ is exported again (``save_pretrained``) from its own weights
 and config.json, so its config.json and README.md follow the current card code: the weights stay
 byte for byte, the results of its reports (eval/*/report.json) are re-read from them, the training
-record is kept as recorded. Then MODEL_CARDS.md lists the weights with their measurements, the
+record is kept as recorded. A folder of weights lwta_zoo does not redistribute (no model.safetensors)
+gets its config.json and README.md the same way, from a model built by its config. Then MODEL_CARDS.md lists the weights with their measurements, the
 zoo's architectures without weights and the recipes that would train them, and the papers' own
 figures, quoted as theirs.
 
@@ -11,15 +12,18 @@ figures, quoted as theirs.
 """
 import json
 import re
+import shutil
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any, Dict, List, Optional
 
+import timm
 import yaml
 
 import lwta_zoo
 from lwta_zoo.hub import (
-    CONFIG_FILE, SHIPPED_WEIGHTS, WEIGHTS_FILE, format_eps, load_pretrained, report_folder, save_pretrained,
-    shipped_weights, threat_model,
+    CARD_FILE, CONFIG_FILE, SHIPPED_WEIGHTS, WEIGHTS_FILE, conversion, format_eps, load_pretrained, report_folder,
+    save_pretrained, shipped_weights, threat_model,
 )
 from lwta_zoo.models import zoo_model_names
 from lwta_zoo.recipe import load_recipe
@@ -81,11 +85,16 @@ def recard(folder: Path) -> None:
     known = [f for f in dict.fromkeys(map(report_folder, metrics['results'])) if f in found]  # the recorded order
     metrics['results'] = seeded + report_results([folder / f for f in known + [f for f in found if f not in known]],
                                                  notes)
-    weights = (folder / WEIGHTS_FILE).read_bytes()
-    model = load_pretrained(folder).eval()
+    shipped = (folder / WEIGHTS_FILE).is_file()  # False for weights lwta_zoo does not redistribute
+    weights = (folder / WEIGHTS_FILE).read_bytes() if shipped else None
+    model = (load_pretrained(folder) if shipped else timm.create_model(f'local-dir:{folder}')).eval()
     model.pretrained_cfg.pop('label_names', None)  # timm copies them in from config.json; the export writes them
-    save_pretrained(model, folder, recipe=recipe, metrics=metrics, provenance=provenance)
-    if (folder / WEIGHTS_FILE).read_bytes() != weights:
+    with TemporaryDirectory() as tmp:
+        save_pretrained(model, folder if shipped else tmp, recipe=recipe, metrics=metrics, provenance=provenance)
+        if not shipped:  # the untrained weights of the export stay behind
+            for file in (CONFIG_FILE, CARD_FILE):
+                shutil.copy(Path(tmp) / file, folder / file)
+    if shipped and (folder / WEIGHTS_FILE).read_bytes() != weights:
         raise RuntimeError(f'{folder / WEIGHTS_FILE} changed on export; the weights must stay as they are')
 
 
@@ -97,13 +106,14 @@ def _published() -> List[str]:
     rows = ['| model | data | protocol | clean | robust accuracy per attack | worst case | L | n (R) | command |',
             '|---|---|---|---|---|---|---|---|---|']
     for folder in (SHIPPED_WEIGHTS / name for name in shipped_weights()):
+        model = folder.name + (' (not redistributed)' if conversion(folder.name) else '')
         metrics = json.loads((folder / 'config.json').read_text()).get('metrics') or {}
         by_protocol: Dict[str, List[Dict[str, Any]]] = {}
         for r in metrics.get('results', []):
             by_protocol.setdefault(r.get('protocol_label', ''), []).append(r)
         for label, results in by_protocol.items():
             if not label:  # clean-only measurements, each with its data, seeds and command
-                rows += [f"| {folder.name} | {r['data'].split(':')[0]} | {r['name']} | {_pct(r['value'])} "
+                rows += [f"| {model} | {r['data'].split(':')[0]} | {r['name']} | {_pct(r['value'])} "
                          f"(seeds {r.get('seeds')}) | | | {r.get('samples')} | {r.get('examples')} | "
                          f"`{r.get('command')}` |" for r in results]
                 continue
@@ -113,10 +123,24 @@ def _published() -> List[str]:
                                 f"{_pct(r['value'])}" for r in results if r not in (clean, worst))
             eps = next((r['eps'] for r in results if 'eps' in r), None)
             label += f', eps {format_eps(eps)}' if eps is not None else ''
-            rows.append(f"| {folder.name} | {clean.get('data').split(':')[0]} | {label} | {_pct(clean['value'])} | "
+            rows.append(f"| {model} | {clean.get('data').split(':')[0]} | {label} | {_pct(clean['value'])} | "
                         f"{attacks} | **{_pct(worst['value'])}** ({threat_model(worst, results)}) | "
                         f"{clean.get('samples')} | {clean['examples']} ({clean['repeats']}) | `{clean.get('command')}` |")
     return rows
+
+
+def _not_redistributed() -> List[str]:
+    """Why each measured model marked 'not redistributed' is not, and the one command that converts it."""
+    lines = []
+    for name in shipped_weights():
+        record = conversion(name)
+        if record:
+            lines += [f"`{name}` (not redistributed): {record['reason']}. The rows above measure the weights "
+                      f"converted from {record['source']}, sha256 {record['checkpoint_sha256']}. Convert it once "
+                      f'(`LWTA_ZOO_WEIGHTS`: a folder of your choice); the import checks that sha256 and the '
+                      f"converted model.safetensors' ({record['weights_sha256']}), and `pretrained=True` then "
+                      'finds the weights:', '', f"    {record['command']}", '']
+    return lines
 
 
 def _unpublished() -> List[str]:
@@ -148,7 +172,7 @@ def main() -> None:
         '`lwta_zoo/weights/<model>/eval/*/report.json`. "WRN paper" marks that paper\'s own '
         'protocol; "adaptive" marks attacks built for stochastic models.', '',
         f'lwta_zoo {lwta_zoo.__version__}.', '',
-        '## Published weights', '', *_published(), '',
+        '## Published weights', '', *_published(), '', *_not_redistributed(),
         'RobustBench names of published weights (`load_model(name, dataset, threat)` finds them through timm): '
         + ', '.join(f'`{n}`' for n in zoo_model_names() if ROBUSTBENCH_ALIAS.search(n)) + '.', '',
         '## Architectures without weights yet', '', *_unpublished(), '',
