@@ -204,8 +204,7 @@ def _no_weights(cfg: PretrainedCfg, reason: str) -> MissingWeightsError:
             f"No weights for {name}: lwta_zoo does not redistribute them ({record['reason']}). Convert "
             f"{record['source']}, sha256 {record['checkpoint_sha256']}, once{where}:\n    {record['command']}\n"
             "The import checks the checkpoint's sha256 and that of the converted weights; pretrained=True then "
-            f'finds them. '
-            f'Looked in {mirrors}; {reason}.')
+            f'finds them. Looked in {mirrors}; {reason}.')
     others = [n for n in timm.list_pretrained(f'{cfg.architecture}*')
               if split_model_name_tag(n)[0] == cfg.architecture and n != name]
     other_tags = f' Other pretrained tags of {cfg.architecture}: {", ".join(others)}.' if others else ''
@@ -225,8 +224,8 @@ def _download(cfg: PretrainedCfg, cache_dir: Optional[Union[str, Path]], local_o
     except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError) as e:
         raise _no_weights(cfg, f'it has no published weights (the Hugging Face Hub has no {at})') from e
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
-        hub = 'was not asked' if local_only else 'cannot be reached'
-        raise _no_weights(cfg, f'{at} is not in the Hugging Face cache and the Hub {hub}') from e
+        online = 'was not asked' if local_only else 'cannot be reached'
+        raise _no_weights(cfg, f'{at} is not in the Hugging Face cache and the Hub {online}') from e
 
 
 def find_weights(cfg: PretrainedCfg, cache_dir: Optional[Union[str, Path]] = None, local_only: bool = False) -> Path:

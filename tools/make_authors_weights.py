@@ -14,7 +14,7 @@ keeps the card and config.json. Deterministic on CPU: rerunning it rewrites the 
 
 ``--reports DIR ...`` publishes ``lwta-zoo eval`` reports with the weights: their results go into
 the model card and each DIR/report.json (+ report.md) is copied to eval/<DIR name>/ beside them.
-The shipped reports came from (see each report's ``command``)::
+The shipped reports came from (see each report's ``command``; the weights converted into $LWTA_ZOO_WEIGHTS)::
 
     lwta-zoo eval wrn34_1_lwta.authors_pgd --eval-tau 0.01 --data lwta_zoo/data/cifar10_test_500.npz \
         --n 100 --batch-size 50 --output runs/authors_tau0.01_n100 --adaptive-steps 20 --threads 1 \

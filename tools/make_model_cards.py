@@ -4,9 +4,10 @@ Each folder under lwta_zoo/weights/ is exported again (``save_pretrained``) from
 and config.json, so its config.json and README.md follow the current card code: the weights stay
 byte for byte, the results of its reports (eval/*/report.json) are re-read from them, the training
 record is kept as recorded. A folder of weights lwta_zoo does not redistribute (no model.safetensors)
-gets its config.json and README.md the same way, from a model built by its config. Then MODEL_CARDS.md lists the weights with their measurements, the
-zoo's architectures without weights and the recipes that would train them, and the papers' own
-figures, quoted as theirs.
+gets its config.json and README.md the same way, from a model built by its config. Then
+MODEL_CARDS.md lists the weights with their measurements (and how to convert those not
+redistributed), the zoo's architectures without weights and the recipes that would train them,
+and the papers' own figures, quoted as theirs.
 
     python tools/make_model_cards.py
 """
