@@ -10,13 +10,17 @@ that tells robust from clean accuracy, limitations, citations). Published folder
 ``pretrained=True`` on a zoo model (``timm.create_model``, ``torch.hub.load``) finds its weights:
 
 1. where the pretrained_cfg points: a ``local-dir:`` folder or a ``file`` the caller set;
-2. in local mirrors, a folder named after the model (``arch`` or ``arch.tag``) under
-   ``$LWTA_ZOO_WEIGHTS``, then under ``lwta_zoo/weights/`` (the weights this repo ships);
+2. in local mirrors, a folder named after the model (``arch`` or ``arch.tag``) that holds
+   model.safetensors, under ``$LWTA_ZOO_WEIGHTS``, then under ``lwta_zoo/weights/`` (the
+   weights this repo ships);
 3. on the Hugging Face Hub at the pretrained_cfg's ``hf_hub_id``, through ``hf_hub_download``,
    so the HF cache, ``HF_HUB_OFFLINE`` and revisions behave as everywhere else.
 
 Only safetensors are loaded. Third-party ``.pt`` checkpoints are read once, by
 ``import_checkpoint`` (``lwta-zoo import``), with ``torch.load(weights_only=True)``.
+Third-party weights whose licence does not allow redistribution ship as a card and config.json
+without model.safetensors; the config's ``provenance.conversion`` (see ``conversion``) says how
+to convert the source checkpoint, and the import checks its sha256 and that of the result.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -181,8 +186,28 @@ def check_config_matches(weights: Path, config: Dict[str, Any], where: Any) -> N
 
 
 def shipped_weights() -> List[str]:
-    """Names (``arch.tag``) of the weights this package ships in ``lwta_zoo/weights/`` (none if it is absent)."""
+    """Names (``arch.tag``) of the model folders this package ships in ``lwta_zoo/weights/`` (none if it is
+    absent): weights with their card, or, for weights it does not redistribute, the card and how to convert them."""
     return sorted(p.name for p in SHIPPED_WEIGHTS.glob('*') if (p / CONFIG_FILE).is_file())
+
+
+def conversion(name: str) -> Optional[Dict[str, Any]]:
+    """How to make weights ``name`` (``arch.tag``) that lwta_zoo describes but does not redistribute, else None.
+
+    The ``provenance.conversion`` record of its folder in ``lwta_zoo/weights/``: ``reason`` (why they are
+    not redistributed), ``source`` (the checkpoint and where it comes from), ``command`` (the ``lwta-zoo
+    import`` that converts it), ``checkpoint_sha256`` and ``weights_sha256`` (of the converted model.safetensors).
+    """
+    path = SHIPPED_WEIGHTS / name / CONFIG_FILE
+    if not path.is_file():
+        return None
+    return (json.loads(path.read_text(encoding='utf-8')).get('provenance') or {}).get('conversion')
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """The sha256 of a file, as ``sha256sum`` prints it."""
+    with Path(path).open('rb') as f:
+        return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
 def _mirrors() -> List[Path]:
@@ -218,39 +243,51 @@ def _recipes(arch: str) -> List[str]:
 
 def _no_weights(cfg: PretrainedCfg, reason: str) -> MissingWeightsError:
     name = _name(cfg)
+    mirrors = ', '.join(str(m / name) for m in _mirrors())
+    record = conversion(name)
+    if record:
+        where = '' if os.environ.get(MIRROR_ENV) else f' (first set {MIRROR_ENV} to a folder of your choice)'
+        return MissingWeightsError(
+            f"No weights for {name}: lwta_zoo does not redistribute them ({record['reason']}). Convert "
+            f"{record['source']}, sha256 {record['checkpoint_sha256']}, once{where}:\n    {record['command']}\n"
+            "The import checks the checkpoint's sha256 and that of the converted weights; pretrained=True then "
+            f'finds them. Looked in {mirrors}; {reason}.')
     others = [n for n in timm.list_pretrained(f'{cfg.architecture}*')
               if split_model_name_tag(n)[0] == cfg.architecture and n != name]
     other_tags = f' Other pretrained tags of {cfg.architecture}: {", ".join(others)}.' if others else ''
     train = ' or '.join(f'`lwta-zoo train {r}`' for r in _recipes(cfg.architecture))
     return MissingWeightsError(
         f'No weights for {name}: {reason}. Local mirrors tried first: '
-        f'{", ".join(str(m / name) for m in _mirrors())}. If {name} has no published weights, '
+        f'{mirrors}. If {name} has no published weights, '
         f'train them with {train}.{other_tags}')
 
 
-def _download(cfg: PretrainedCfg, cache_dir: Optional[Union[str, Path]]) -> Path:
+def _download(cfg: PretrainedCfg, cache_dir: Optional[Union[str, Path]], local_only: bool = False) -> Path:
     repo_id, revision = hf_split(cfg.hf_hub_id)
     at = f'{repo_id}/{WEIGHTS_FILE}' + (f'@{revision}' if revision else '')
     try:
-        return check_safetensors(hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision, cache_dir=cache_dir))
+        return check_safetensors(hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision, cache_dir=cache_dir,
+                                                 local_files_only=local_only))
     except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError) as e:
         raise _no_weights(cfg, f'it has no published weights (the Hugging Face Hub has no {at})') from e
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
-        raise _no_weights(cfg, f'{at} is not in the Hugging Face cache and the Hub cannot be reached') from e
+        online = 'was not asked' if local_only else 'cannot be reached'
+        raise _no_weights(cfg, f'{at} is not in the Hugging Face cache and the Hub {online}') from e
 
 
-def find_weights(cfg: PretrainedCfg, cache_dir: Optional[Union[str, Path]] = None) -> Path:
-    """The checked local safetensors file that a resolved pretrained_cfg points at (see module doc)."""
+def find_weights(cfg: PretrainedCfg, cache_dir: Optional[Union[str, Path]] = None, local_only: bool = False) -> Path:
+    """The checked local safetensors file that a resolved pretrained_cfg points at (see module doc);
+    ``local_only`` looks in the HF cache but does not ask the Hub."""
     if cfg.source == 'hf-hub':  # timm.create_model('hf-hub:ORG/NAME[@REVISION]')
-        return _download(cfg, cache_dir)
+        return _download(cfg, cache_dir, local_only)
     if cfg.file:  # a 'local-dir:' folder, or a file or folder the caller set
         file = Path(cfg.file)
         return _weights_in_folder(file, cfg.architecture) if file.is_dir() else check_safetensors(file)
     for root in _mirrors():
-        if (root / _name(cfg)).is_dir():
+        if (root / _name(cfg) / WEIGHTS_FILE).exists():  # passes over a shipped card of weights not redistributed
             return _weights_in_folder(root / _name(cfg), cfg.architecture)
     if cfg.hf_hub_id:
-        return _download(cfg, cache_dir)
+        return _download(cfg, cache_dir, local_only)
     raise _no_weights(cfg, 'its pretrained_cfg names no source')
 
 
@@ -259,10 +296,15 @@ def resolve_pretrained(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
 
     The file goes into the pretrained_cfg overlay (timm then loads it with safetensors), and a
     filter refuses weights whose keys differ from the model's, listing the missing and unexpected.
+    Weights from a local mirror folder bring its config.json's ``label_names``, as timm's
+    ``local-dir:`` and ``hf-hub:`` do.
     """
     cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     file = find_weights(cfg, kwargs.get('cache_dir'))
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(file), source=None)
+    if not cfg.label_names and file.parent in [root / _name(cfg) for root in _mirrors()]:
+        overlay.setdefault('label_names', json.loads((file.parent / CONFIG_FILE).read_text(encoding='utf-8'))
+                           .get('label_names'))
     return dict(kwargs, pretrained_cfg_overlay=overlay, pretrained_filter_fn=partial(_check_keys, source=file))
 
 
@@ -481,7 +523,9 @@ def _results_table(metrics: Dict[str, Any]) -> str:
             + '\n'.join(rows))
 
 
-def _usage(name: str, repo_id: str, code_repository: str, cfg: Dict[str, Any], dataset: Optional[str]) -> List[str]:
+def _usage(name: str, repo_id: str, code_repository: str, cfg: Dict[str, Any], dataset: Optional[str],
+           record: Optional[Dict[str, Any]] = None) -> List[str]:
+    """The card's Model Usage: install, (for weights not redistributed, their ``conversion`` record) and a snippet."""
     chans, *size = cfg['input_size']
     mode = 'L' if chans == 1 else 'RGB'
     example = {'fashion_mnist': 'fashion_mnist_test_500.npz', 'cifar10': 'cifar10_test_500.npz'}.get(dataset or '')
@@ -493,7 +537,7 @@ def _usage(name: str, repo_id: str, code_repository: str, cfg: Dict[str, Any], d
         'from pathlib import Path', '', 'import timm', 'import torch', 'from PIL import Image', '',
         "import lwta_zoo  # registers the zoo's architectures with timm: without it create_model says 'Unknown model'",
         *(['from lwta_zoo.data import read_npz'] if example else []), '',
-        f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()",
+        f"model = timm.create_model('{name if record else 'hf-hub:' + repo_id}', pretrained=True).eval()",
         'transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))', '',
         *image,
         'with torch.no_grad():',
@@ -506,15 +550,24 @@ def _usage(name: str, repo_id: str, code_repository: str, cfg: Dict[str, Any], d
                 + ("Convert other images to grayscale first (`img.convert('L')`): an RGB tensor has 3 channels "
                    'and the model refuses it.' if chans == 1 else
                    "Convert grayscale or RGBA images with `img.convert('RGB')`."))
-    return ['## Model Usage', 'Install the code (the architectures are not part of timm), then load the weights '
-            f'through timm:', f'```bash\npip install "lwta_zoo @ git+{code_repository}"\n```',
+    convert = [
+        f"lwta_zoo does not redistribute these weights ({record['reason']}). Convert {record['source']} once; "
+        f"`lwta-zoo import` checks its sha256 ({record['checkpoint_sha256']}) and that of the converted "
+        f"model.safetensors ({record['weights_sha256']}), and `pretrained=True` then finds the weights in "
+        f'`${MIRROR_ENV}`:',
+        f"```bash\nexport {MIRROR_ENV}=$HOME/lwta_zoo_weights  # any folder\n{record['command']}\n```",
+    ] if record else []
+    return ['## Model Usage', 'Install the code (the architectures are not part of timm), '
+            + ('convert the weights, then load them through timm:' if record else
+               'then load the weights through timm:'),
+            f'```bash\npip install "lwta_zoo @ git+{code_repository}"\n```', *convert,
             '```python\n' + '\n'.join(snippet) + '\n```', channels,
             "`model.pretrained_cfg['label_names']` (from config.json) names the classes by index. "
             'In eval mode the model averages the logits of L posterior samples drawn in one batch '
             "(the WRN paper's eq. 10); `timm.create_model(..., samples=L)` or `lwta_zoo.set_samples(model, L)` "
             'sets L. With stochastic units, two calls on the same image can differ.',
             *([f"lwta_zoo ships these weights as `{name}`: `timm.create_model('{name}', pretrained=True)` finds "
-               'them without the Hub.'] if name in shipped_weights() else []),
+               'them without the Hub.'] if name in shipped_weights() and not record else []),
             f'Code and issues: {code_repository}.']
 
 
@@ -599,7 +652,9 @@ def model_card(config: Dict[str, Any], *, repo_id: Optional[str] = None,
     about = (model_entrypoint(arch).__doc__ or '').strip()
     parts = [f'---\n{data.to_yaml()}\n---', f'# Model card for {name}', about, provenance.get('summary'),
              '## Model Details', '\n'.join(lines),
-             *_usage(name, repo_id or f'{HF_ORG}/{name}', code_repository, cfg, dataset), '## Results']
+             *_usage(name, repo_id or f'{HF_ORG}/{name}', code_repository, cfg, dataset,
+                    provenance.get('conversion') or conversion(name)),
+             '## Results']
     if metrics:
         where = f"Dataset `{metrics['dataset']}`" + (f", split `{metrics['split']}`" if metrics.get('split') else '')
         parts += [where + ('. Each report (eval/) holds the per-example outcomes, the examples\' indices, seeds, '
@@ -819,20 +874,38 @@ def import_checkpoint(
 
     The file is read with ``torch.load(weights_only=True)``; ``layout`` (see ``LAYOUTS``) maps its
     keys; the result must fit ``model_name`` exactly. The source file's name and sha256, its scalar
-    entries and the layout's metadata are kept in config.json and the model card.
+    entries and the layout's metadata are kept in config.json and the model card. For weights that
+    lwta_zoo converts rather than redistributes (``conversion(model_name)``), the checkpoint must have
+    the recorded sha256 before it is read, and the converted model.safetensors the recorded one; given
+    no metrics or provenance, the folder then gets the published config.json, card and eval/ reports.
     """
     checkpoint = Path(checkpoint)
     if layout not in LAYOUTS:
         raise ValueError(f'layout must be one of {sorted(LAYOUTS)}, got {layout!r}')
     _require_zoo_architecture(split_model_name_tag(model_name)[0], f'model {model_name!r}')
+    record, digest = conversion(model_name), file_sha256(checkpoint)
+    if record and digest != record['checkpoint_sha256']:
+        raise ValueError(f"{checkpoint} is not the checkpoint {model_name} is converted from: its sha256 is {digest}, "
+                         f"{record['source']} has {record['checkpoint_sha256']}")
     state_dict, entries = _read_checkpoint(checkpoint)
     state_dict, notes = LAYOUTS[layout](state_dict)
     model = timm.create_model(model_name)
     model.load_state_dict(_check_keys(state_dict, model, checkpoint))
-    source = {'file': checkpoint.name, 'sha256': hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
-              'layout': layout, **({'entries': entries} if entries else {})}
-    return save_pretrained(model, output, metrics=metrics,
-                           provenance={**(provenance or {}), 'checkpoint': source, **notes})
+    source = {'file': checkpoint.name, 'sha256': digest, 'layout': layout, **({'entries': entries} if entries else {})}
+    folder = save_pretrained(model, output, metrics=metrics,
+                             provenance={**(provenance or {}), 'checkpoint': source, **notes})
+    got = file_sha256(folder / WEIGHTS_FILE) if record else None
+    if record and got != record['weights_sha256']:
+        (folder / WEIGHTS_FILE).unlink()
+        raise ValueError(f"Converting {checkpoint} as {model_name} gave weights with sha256 {got}, not the recorded "
+                         f"{record['weights_sha256']} (layout {layout!r}; the recorded command: {record['command']}); "
+                         f'{folder / WEIGHTS_FILE} was removed')
+    card = SHIPPED_WEIGHTS / model_name
+    if record and metrics is None and provenance is None and card.resolve() != folder.resolve():
+        for file in [CARD_FILE] + upload_files(card)[1:]:  # config.json and eval/: the folder as it would have shipped
+            (folder / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(card / file, folder / file)
+    return folder
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,14 +1,59 @@
+import os
+import shutil
+from pathlib import Path
+
+import huggingface_hub.constants
 import pytest
 import torch
 
 import lwta_zoo  # noqa: F401  (registers the models and the 'lwta' activation)
+from lwta_zoo import hub
 
 # The suite's models are small: one intra-op thread is as fast on 2 cores and avoids the
 # collapse of OpenMP spinning when other processes load the machine.
 torch.set_num_threads(1)
+
+AUTHORS = 'wrn34_1_lwta.authors_pgd'
+# ../shared/data beside the clone (as CI has it) holds the authors' checkpoint, which lwta_zoo does not
+# redistribute; LWTA_ZOO_SHARED_DATA points elsewhere (a missing folder: the tests that need it skip).
+SHARED_DATA = Path(os.environ.get('LWTA_ZOO_SHARED_DATA', Path(__file__).resolve().parents[2] / 'shared' / 'data'))
+AUTHORS_CHECKPOINT = SHARED_DATA / 'authors_wrn34_1_lwta_cifar10_pgd.pt'
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same RNG state, so statistical checks are reproducible."""
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope='session')
+def authors_mirror(tmp_path_factory) -> Path:
+    """A $LWTA_ZOO_WEIGHTS folder holding the authors' weights, converted (and checksum-checked) by
+    ``lwta-zoo import`` from the checkpoint in ../shared/data; the test skips where it is absent."""
+    if not AUTHORS_CHECKPOINT.is_file():
+        pytest.skip(f"{AUTHORS_CHECKPOINT} not present: the authors' weights are not redistributed, "
+                    'and only their checkpoint converts them')
+    mirror = tmp_path_factory.mktemp('weights')
+    hub.import_checkpoint(AUTHORS_CHECKPOINT, AUTHORS, mirror / AUTHORS, layout='authors-lwta')
+    return mirror
+
+
+@pytest.fixture
+def authors_weights(authors_mirror, monkeypatch) -> Path:
+    """The converted authors' weights, found by ``pretrained=True`` through $LWTA_ZOO_WEIGHTS; their folder."""
+    monkeypatch.setenv(hub.MIRROR_ENV, str(authors_mirror))
+    return authors_mirror / AUTHORS
+
+
+@pytest.fixture
+def fresh_clone(monkeypatch, tmp_path) -> Path:
+    """The weights lookup of a fresh clone, offline: lwta_zoo/weights/ as committed (any authors' weights
+    converted into it left out), no $LWTA_ZOO_WEIGHTS, an empty HF cache; returns that weights folder."""
+    shipped = tmp_path / 'weights'
+    shutil.copytree(hub.SHIPPED_WEIGHTS, shipped, copy_function=os.symlink,
+                    ignore=lambda folder, names: [hub.WEIGHTS_FILE] if hub.conversion(Path(folder).name) else [])
+    monkeypatch.setattr(hub, 'SHIPPED_WEIGHTS', shipped)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'hf-cache'))
+    monkeypatch.delenv(hub.MIRROR_ENV, raising=False)
+    return shipped

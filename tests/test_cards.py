@@ -57,7 +57,8 @@ def test_shipped_card_and_config_hold_what_a_hub_user_needs(name):
     assert ('origin_url' in cfg) == name.endswith('authors_pgd')
     install, snippet = _usage(card.text)
     assert install == f'pip install "lwta_zoo @ git+{hub.CODE_REPOSITORY}"'
-    assert snippet.index('import lwta_zoo') < snippet.index(f"timm.create_model('hf-hub:lwta-zoo/{name}'")
+    source = name if hub.conversion(name) else f'hf-hub:lwta-zoo/{name}'  # not redistributed: converted locally
+    assert snippet.index('import lwta_zoo') < snippet.index(f"timm.create_model('{source}', pretrained=True)")
     chans = cfg['input_size'][0]
     assert f"{chans}-channel" in card.text and f".convert('{'L' if chans == 1 else 'RGB'}')" in snippet
     for section in ('## Limitations', '## Citation', '## Results'):
@@ -81,12 +82,19 @@ def test_trained_cards_state_the_steps_that_ran_and_the_training_time(name):
 
 
 def test_authors_card_states_recipe_hardware_and_unknown_licence():
-    _, card, config = _card('wrn34_1_lwta.authors_pgd')
+    folder, card, config = _card('wrn34_1_lwta.authors_pgd')
     assert card.data.license == 'unknown' and 'Licence unknown' in card.text
     training = config['provenance']['training']
     assert 'Quadro P6000' in training['hardware'] and training['time'] == 'not reported'
-    assert re.fullmatch(r'[0-9a-f]{64}', config['provenance']['checkpoint']['sha256'])
     assert 'no licence file' in training['license']
+    # not redistributed: the card says so and gives the one command that converts the checkpoint, and both checksums
+    record = config['provenance']['conversion']
+    assert record == hub.conversion('wrn34_1_lwta.authors_pgd')
+    assert record['checkpoint_sha256'] == config['provenance']['checkpoint']['sha256']
+    usage = card.text.split('## Model Usage', 1)[1].split('\n## ', 1)[0]
+    assert 'lwta_zoo does not redistribute these weights' in usage and f"\n{record['command']}\n" in usage
+    assert record['checkpoint_sha256'] in usage and record['weights_sha256'] in usage
+    assert 'lwta_zoo ships these weights' not in card.text
 
 
 @pytest.mark.parametrize('name', SHIPPED)
@@ -134,24 +142,34 @@ def test_model_index_passes_the_estimator_fields_through(tmp_path):
     assert json.loads((folder / 'config.json').read_text())['label_names'][0] == 'T-shirt/top'
 
 
-def test_every_card_usage_snippet_runs_as_printed_in_a_fresh_interpreter(tmp_path):
-    """Offline, from an HF cache holding the shipped folders (no local mirror): one fresh interpreter
-    per card, all at once."""
-    cache, mirror = tmp_path / 'hf-cache', tmp_path / 'no-mirror'
-    mirror.mkdir()
-    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_HUB_CACHE': str(cache), 'PYTHONPATH': str(ROOT),
-           'OMP_NUM_THREADS': '1', hub.MIRROR_ENV: str(mirror)}
-    runs = {}
-    for name in SHIPPED:
-        _, snippet = _usage(_card(name)[1].text)
-        put_in_cache(cache, re.search(r"'hf-hub:([^']+)'", snippet).group(1), hub.SHIPPED_WEIGHTS / name, 'd' * 40)
-        runs[name] = subprocess.Popen([sys.executable, '-c', snippet], env=env, cwd=tmp_path, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _run_snippets(names, cwd, mirror, cache=None):
+    """Run each card's usage snippet, as printed, in its own fresh interpreter (all at once), offline, with
+    ``mirror`` as $LWTA_ZOO_WEIGHTS and ``cache`` as the HF cache; check the top-3 labels it prints."""
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_HUB_CACHE': str(cache or cwd / 'hf-cache'),
+           'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1', hub.MIRROR_ENV: str(mirror)}
+    runs = {name: subprocess.Popen([sys.executable, '-c', _usage(_card(name)[1].text)[1]], env=env, cwd=cwd,
+                                   text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in names}
     for name, run in runs.items():
         out, err = run.communicate(timeout=600)
         assert run.returncode == 0, f'{name}: {err}'
         top = ast.literal_eval(out.strip().splitlines()[-1])  # the snippet prints [(label, probability), ...]
         assert len(top) == 3 and all(label in _card(name)[2]['label_names'] for label, _ in top), name
+
+
+def test_every_card_usage_snippet_runs_as_printed_in_a_fresh_interpreter(tmp_path):
+    """The shipped weights from an HF cache holding their folders (no local mirror)."""
+    cache, mirror = tmp_path / 'hf-cache', tmp_path / 'no-mirror'
+    mirror.mkdir()
+    shipped = [name for name in SHIPPED if not hub.conversion(name)]
+    for name in shipped:
+        _, snippet = _usage(_card(name)[1].text)
+        put_in_cache(cache, re.search(r"'hf-hub:([^']+)'", snippet).group(1), hub.SHIPPED_WEIGHTS / name, 'd' * 40)
+    _run_snippets(shipped, tmp_path, mirror, cache)
+
+
+def test_usage_snippet_of_weights_not_redistributed_runs_once_they_are_converted(authors_mirror, tmp_path):
+    """The card's conversion command was run (the fixture): its snippet finds the weights in $LWTA_ZOO_WEIGHTS."""
+    _run_snippets([name for name in SHIPPED if hub.conversion(name)], tmp_path, authors_mirror)
 
 
 def test_push_sends_every_file_the_card_links_and_a_card_for_that_repo(stub_hub):

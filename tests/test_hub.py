@@ -2,6 +2,7 @@
 import argparse
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -14,12 +15,12 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors.torch import load_file
 
+from conftest import AUTHORS, AUTHORS_CHECKPOINT
 from lwta_zoo import hub
 from lwta_zoo.models.small_cnn import smallcnn_mnist_lwta
 
 ROOT = Path(__file__).resolve().parents[1]
-AUTHORS = ROOT.parent / 'shared/data/authors_wrn34_1_lwta_cifar10_pgd.pt'
-SHIPPED = ROOT / 'lwta_zoo/weights/wrn34_1_lwta.authors_pgd'
+FMNIST_LWTA = 'aistats_softmax_mnist.lwta_u2_fmnist_pgd'  # shipped weights with a pretrained tag
 EXPORT_FILES = {'model.safetensors', 'config.json', 'README.md'}
 X = torch.rand(4, 1, 28, 28)
 
@@ -129,10 +130,11 @@ def test_hf_cache_offline_hf_hub_prefix_revisions_and_registered_name(model, exp
 
 
 def test_pretrained_tag_resolves_through_the_hf_cache_offline(offline):
-    put_in_cache(offline, 'lwta-zoo/wrn34_1_lwta.authors_pgd', SHIPPED, 'c' * 40)
-    loaded = timm.create_model('wrn34_1_lwta.authors_pgd', pretrained=True)
+    shipped = ROOT / 'lwta_zoo/weights' / FMNIST_LWTA
+    put_in_cache(offline, f'lwta-zoo/{FMNIST_LWTA}', shipped, 'c' * 40)
+    loaded = timm.create_model(FMNIST_LWTA, pretrained=True)
     assert 'hf-cache' in loaded.pretrained_cfg['file']
-    expected = load_file(SHIPPED / 'model.safetensors')
+    expected = load_file(shipped / 'model.safetensors')
     assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
 
 
@@ -142,8 +144,8 @@ def test_torch_hub_local_pretrained_reads_the_mirror_folder(model, export, offli
     assert loaded.num_samples == 3 and torch.equal(outputs(loaded), outputs(model))
 
 
-def test_torch_hub_and_robustbench_names_load_the_shipped_authors_weights():
-    expected = load_file(SHIPPED / 'model.safetensors')
+def test_torch_hub_and_robustbench_names_load_the_converted_authors_weights(authors_weights):
+    expected = load_file(authors_weights / 'model.safetensors')
     by_hub = torch.hub.load(str(ROOT), 'wrn34_1_lwta', source='local', pretrained=True,
                             pretrained_cfg='authors_pgd', samples=2)
     by_robustbench = timm.create_model('wrn34_1_lwta_cifar10_linf', num_classes=10, pretrained=True,
@@ -151,6 +153,27 @@ def test_torch_hub_and_robustbench_names_load_the_shipped_authors_weights():
     for loaded in (by_hub, by_robustbench):
         assert all(torch.equal(v, expected[k]) for k, v in loaded.state_dict().items())
     assert by_hub.num_samples == 2
+
+
+def test_weights_not_redistributed_say_how_to_convert_them(fresh_clone):
+    """On a fresh clone the authors' folder is a card without weights; every way to ask for them gets the command."""
+    record = hub.conversion(AUTHORS)
+    assert {p.name for p in (fresh_clone / AUTHORS).iterdir()} == {'config.json', 'README.md', 'eval'}
+    assert all(re.fullmatch(r'[0-9a-f]{64}', record[k]) for k in ('checkpoint_sha256', 'weights_sha256'))
+    assert record['command'].startswith(f'lwta-zoo import {AUTHORS_CHECKPOINT.name} --model {AUTHORS} ')
+    assert record['command'].endswith(f'--output ${hub.MIRROR_ENV}/{AUTHORS}')
+    loads = {'tag': lambda: timm.create_model(AUTHORS, pretrained=True),
+             'default tag': lambda: timm.create_model('wrn34_1_lwta', pretrained=True),
+             'RobustBench name': lambda: timm.create_model('wrn34_1_lwta_cifar10_linf', pretrained=True),
+             'torch.hub': lambda: torch.hub.load(str(ROOT), 'wrn34_1_lwta', source='local', pretrained=True),
+             'torch.hub tag': lambda: torch.hub.load(str(ROOT), AUTHORS, source='local', pretrained=True)}
+    for how, load in loads.items():
+        with pytest.raises(hub.MissingWeightsError) as e:
+            load()
+        message = str(e.value)
+        assert message.startswith(f'No weights for {AUTHORS}: lwta_zoo does not redistribute them'), how
+        assert f"\n    {record['command']}\n" in message and record['checkpoint_sha256'] in message, how
+        assert f'first set {hub.MIRROR_ENV}' in message and 'recipes/' not in message, how
 
 
 def test_model_without_weights_says_so_and_names_its_recipe(offline, monkeypatch):
@@ -210,6 +233,44 @@ def test_config_naming_another_architecture_is_refused(export, offline, monkeypa
         hub.load_pretrained(export)
 
 
+def test_import_of_weights_not_redistributed_refuses_another_checkpoint_unread(model, tmp_path):
+    pt = tmp_path / AUTHORS_CHECKPOINT.name
+    torch.save({'model_state_dict': model.state_dict()}, pt)
+    expected = hub.conversion(AUTHORS)['checkpoint_sha256']
+    with pytest.raises(ValueError, match=f'is not the checkpoint {AUTHORS} is converted from: its sha256 is '
+                                         f'{hub.file_sha256(pt)}, .* has {expected}'):
+        hub.import_checkpoint(pt, AUTHORS, tmp_path / 'out', layout='authors-lwta')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_import_checks_the_converted_weights_and_completes_the_folder_from_the_card(model, tmp_path, monkeypatch):
+    """A card of weights not redistributed (config.json with a conversion record, eval/, no weights)."""
+    pt = tmp_path / 'm.pt'
+    torch.save({'model_state_dict': model.state_dict()}, pt)
+    weights = hub.import_checkpoint(pt, 'smallcnn_mnist_lwta', tmp_path / 'plain') / 'model.safetensors'
+    record = {'checkpoint_sha256': hub.file_sha256(pt), 'weights_sha256': '0' * 64, 'reason': 'a test',
+              'source': 'm.pt', 'command': 'lwta-zoo import m.pt --model smallcnn_mnist_lwta --output OUT'}
+    card = tmp_path / 'cards/smallcnn_mnist_lwta'
+
+    def publish(record):
+        hub.save_pretrained(model, card, provenance={'conversion': record})
+        (card / 'model.safetensors').unlink()
+        (card / 'eval/run').mkdir(parents=True, exist_ok=True)
+        (card / 'eval/run/report.md').write_text('a report')
+
+    monkeypatch.setattr(hub, 'SHIPPED_WEIGHTS', card.parent)
+    publish(record)
+    got = hub.file_sha256(weights)
+    with pytest.raises(ValueError, match=f'gave weights with sha256 {got}, not the recorded 0{{64}}'):
+        hub.import_checkpoint(pt, 'smallcnn_mnist_lwta', tmp_path / 'out')
+    assert not (tmp_path / 'out/model.safetensors').exists()  # never left where pretrained=True would find it
+    publish({**record, 'weights_sha256': got})
+    out = hub.import_checkpoint(pt, 'smallcnn_mnist_lwta', tmp_path / 'out')
+    assert (out / 'model.safetensors').read_bytes() == weights.read_bytes()
+    assert all((out / f).read_bytes() == (card / f).read_bytes()
+               for f in ('config.json', 'README.md', 'eval/run/report.md'))
+
+
 def test_checkpoint_with_code_objects_is_refused_unexecuted(model, tmp_path):
     marker, pt = tmp_path / 'ran', tmp_path / 'evil.pt'
     torch.save({'model_state_dict': model.state_dict(), 'extra': Payload(marker)}, pt)
@@ -261,22 +322,23 @@ def test_push_uploads_exactly_the_exported_folder(model, export, stub_hub, capsy
 # --- import ------------------------------------------------------------------------------------
 
 
-needs_authors = pytest.mark.skipif(not AUTHORS.exists(), reason=f'{AUTHORS} not present')
-
-
-@needs_authors
-def test_import_of_the_authors_checkpoint_reproduces_the_shipped_weights(tmp_path):
+def test_import_of_the_authors_checkpoint_gives_the_recorded_weights(authors_mirror, tmp_path):
+    """The card's command, as printed (with $LWTA_ZOO_WEIGHTS and the checkpoint's path filled in)."""
+    record = hub.conversion(AUTHORS)
+    command = record['command'].replace(f'${hub.MIRROR_ENV}', str(tmp_path)).split()
+    assert command[:2] == ['lwta-zoo', 'import'] and command[2] == AUTHORS_CHECKPOINT.name
     parser = argparse.ArgumentParser()
     hub.configure_import(parser)
-    args = parser.parse_args([str(AUTHORS), '--model', 'wrn34_1_lwta.authors_pgd', '--output', str(tmp_path / 'w'),
-                              '--layout', 'authors-lwta'])
+    args = parser.parse_args([str(AUTHORS_CHECKPOINT), *command[3:]])
     args.func(args)
-    assert (tmp_path / 'w/model.safetensors').read_bytes() == (SHIPPED / 'model.safetensors').read_bytes()
-    provenance = json.loads((tmp_path / 'w/config.json').read_text())['provenance']
+    weights = tmp_path / AUTHORS / 'model.safetensors'
+    assert hub.file_sha256(weights) == record['weights_sha256']
+    assert weights.read_bytes() == (authors_mirror / AUTHORS / 'model.safetensors').read_bytes()
+    provenance = json.loads((tmp_path / AUTHORS / 'config.json').read_text())['provenance']
     assert provenance['checkpoint']['entries'] == {'epoch': 100}
     temps = provenance['learned_temperatures']['temp']
     assert len(temps) == 31 and temps['block1.layer.0.relu1'] == pytest.approx(1.8398, abs=1e-4)
-    shipped = json.loads((SHIPPED / 'config.json').read_text())
-    assert shipped['provenance']['learned_temperatures'] == provenance['learned_temperatures']
+    card = json.loads((hub.SHIPPED_WEIGHTS / AUTHORS / 'config.json').read_text())
+    assert card['provenance']['learned_temperatures'] == provenance['learned_temperatures']
     with pytest.raises(ValueError, match=r"unexpected keys 31 \[block1\.layer\.0\.lwta1\.temp"):
-        hub.import_checkpoint(AUTHORS, 'wrn34_1_lwta', tmp_path / 'x', layout='trades')
+        hub.import_checkpoint(AUTHORS_CHECKPOINT, 'wrn34_1_lwta', tmp_path / 'x', layout='trades')

@@ -1,5 +1,5 @@
 """Every published entry loads offline (timm and torch.hub) and reproduces the clean accuracy its
-model card states on the shipped subset it names."""
+model card states on the shipped subset it names (weights not redistributed: once converted)."""
 import json
 from pathlib import Path
 
@@ -26,7 +26,9 @@ def test_there_are_published_entries():
 
 
 @pytest.mark.parametrize('name', ENTRIES)
-def test_card_clean_accuracy_reproduces(name):
+def test_card_clean_accuracy_reproduces(name, request):
+    if hub.conversion(name):
+        request.getfixturevalue('authors_weights')  # converted from ../shared/data, else the test skips
     results = _subset_clean_results(name)
     assert results
     for r in results:
@@ -53,6 +55,9 @@ def test_torch_hub_and_timm_load_the_same_published_weights(name):
     from lwta_zoo.models.aistats import default_samples
     # the AISTATS networks predict with the paper's S = 5 by default where they are stochastic
     assert from_hub.num_samples == 3 and from_timm.num_samples == default_samples(from_timm.method)
+    # the mirror folder's config.json names the classes, as it does for local-dir: and hf-hub:
+    assert from_timm.pretrained_cfg['label_names'] == json.loads(
+        (hub.SHIPPED_WEIGHTS / name / 'config.json').read_text())['label_names']
     state = from_timm.state_dict()
     assert all(torch.equal(v, state[k]) for k, v in from_hub.state_dict().items())
     assert any(v.abs().sum() > 0 for v in state.values())

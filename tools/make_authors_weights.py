@@ -1,15 +1,20 @@
-"""Write lwta_zoo/weights/wrn34_1_lwta.authors_pgd/ from the WRN paper authors' checkpoint.
+"""Write lwta_zoo/weights/wrn34_1_lwta.authors_pgd/ (card, config.json, reports) from the WRN paper authors' checkpoint.
+
+No licence was found in their repository, so lwta_zoo does not redistribute the converted weights: the folder
+holds no model.safetensors, and its config.json records how a user converts the checkpoint
+(``provenance.conversion``: the ``lwta-zoo import`` command and the sha256 of the checkpoint and of
+the converted weights, which the import checks; lwta_zoo.hub.conversion reads it).
 
 Imports the checkpoint (``lwta-zoo import --layout authors-lwta``: torch.load(weights_only=True),
-keys mapped, learned temperatures kept as metadata), measures the clean accuracy of the exported
+keys mapped, learned temperatures kept as metadata), measures the clean accuracy of the converted
 weights on the shipped CIFAR-10 subset (lwta_zoo/data/cifar10_test_500.npz) with L=1 sample (the
 paper's setting), seeds 0-2, both with exact samples (the paper) and with the authors' test-time
-relaxation at temperature 0.01, then exports again with those measurements in the model card.
-Deterministic on CPU: rerunning it rewrites the same files.
+relaxation at temperature 0.01, then exports again with those measurements in the model card and
+keeps the card and config.json. Deterministic on CPU: rerunning it rewrites the same files.
 
 ``--reports DIR ...`` publishes ``lwta-zoo eval`` reports with the weights: their results go into
 the model card and each DIR/report.json (+ report.md) is copied to eval/<DIR name>/ beside them.
-The shipped reports are written by (each report records its ``command``)::
+The shipped reports came from (see each report's ``command``; the weights converted into $LWTA_ZOO_WEIGHTS)::
 
     lwta-zoo eval wrn34_1_lwta.authors_pgd --eval-tau 0.01 --data lwta_zoo/data/cifar10_test_500.npz \
         --n 100 --batch-size 50 --output runs/authors_tau0.01_n100 --adaptive-steps 20 --threads 1 \
@@ -28,13 +33,16 @@ The shipped copies of those reports republish as they are (W=lwta_zoo/weights/wr
     python tools/make_authors_weights.py --reports $W/eval/authors_tau0.01_n100 $W/eval/authors_exact_n100
 """
 import argparse
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
 from lwta_zoo.data import read_npz
-from lwta_zoo.hub import import_checkpoint, load_pretrained
+from lwta_zoo.hub import (
+    CARD_FILE, CONFIG_FILE, MIRROR_ENV, WEIGHTS_FILE, file_sha256, import_checkpoint, load_pretrained,
+)
 from publishing import ROOT, clean_result, copy_reports, report_results
 
 NAME = 'wrn34_1_lwta.authors_pgd'
@@ -44,9 +52,11 @@ AUTHORS_CODE = 'https://github.com/konpanousis/Adversarial-LWTA-AutoAttack'
 SUMMARY = (
     "The authors' public checkpoint for the WRN paper (Panousis, Chatzis and Theodoridis, 2021): WideResNet-34-1 "
     'with stochastic LWTA (U=2), PGD adversarial training on CIFAR-10, epoch 100, from their code '
-    f'({AUTHORS_CODE}). Converted by `python '
-    'tools/make_authors_weights.py` (`lwta-zoo import --layout authors-lwta`): activations lwta1/lwta2/lwta '
-    "renamed relu1/relu2/relu, TRADES' unused sub_block1 dropped, the learned temperatures kept below. The "
+    f'({AUTHORS_CODE}). No licence was found in their repository, so lwta_zoo does not redistribute the weights; '
+    'Model Usage below converts the checkpoint with one command (`lwta-zoo import --layout authors-lwta`, which '
+    'checks the sha256 of the checkpoint and of the result). The conversion renames the activations lwta1/lwta2/'
+    "lwta to relu1/relu2/relu, drops TRADES' unused sub_block1 and keeps the learned temperatures (below); the "
+    'figures below are our measurements of the converted weights. The '
     "authors' code differs from the paper: it does not add the KL term to its loss, learns a temperature per "
     'layer, and at test time draws the relaxation at temperature 0.01 rather than exact samples. This model '
     "draws exact samples by default (the paper); `lwta_args={'eval_tau': 0.01}` reproduces the authors' test "
@@ -65,9 +75,19 @@ TRAINING = {  # what the paper and the authors' public code say; neither reports
     'hardware': 'one NVIDIA Quadro P6000 (the WRN paper)',
     'time': 'not reported',
     'license': f'unknown: the public repository ({AUTHORS_CODE}) has no licence file, so the right to '
-               'redistribute these weights is not established; the sha256 of the source checkpoint is recorded '
-               'under checkpoint',
+               'redistribute these weights is not established and lwta_zoo does not redistribute them; the sha256 '
+               'of the source checkpoint and of the converted weights are recorded under conversion',
 }
+
+
+def conversion_record(source: Path, weights: Path) -> dict:
+    """The record by which lwta_zoo.hub tells a user how to convert the checkpoint, and checks the result."""
+    return {'reason': f"no licence was found in the authors' repository, {AUTHORS_CODE}, so the right to "
+                      'redistribute the weights is not established',
+            'source': f"the WRN paper authors' public checkpoint {source.name} (their code: {AUTHORS_CODE})",
+            'command': f'lwta-zoo import {source.name} --model {NAME} --layout authors-lwta '
+                       f'--output ${MIRROR_ENV}/{NAME}',
+            'checkpoint_sha256': file_sha256(source), 'weights_sha256': file_sha256(weights)}
 
 
 def main() -> None:
@@ -81,17 +101,22 @@ def main() -> None:
     x = images.float() / 255
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = import_checkpoint(args.source, NAME, tmp, layout='authors-lwta')
+        folder = import_checkpoint(args.source, NAME, Path(tmp) / 'converted', layout='authors-lwta')
         for eval_tau in (None, 0.01):
             model = load_pretrained(folder, samples=1, lwta_args={'eval_tau': eval_tau} if eval_tau else None)
             results.append(clean_result(model.eval(), x, y, data=DATA + DATA_NOTE, eval_tau=eval_tau))
             print(results[-1]['name'], results[-1]['per_seed'])
-    results += report_results(args.reports, {DATA: DATA + DATA_NOTE})
-    metrics = {'dataset': 'cifar10', 'dataset_name': 'CIFAR-10', 'split': 'test', 'results': results}
-    import_checkpoint(args.source, NAME, out, layout='authors-lwta', metrics=metrics,
-                      provenance={'summary': SUMMARY, 'training': TRAINING})
+        results += report_results(args.reports, {DATA: DATA + DATA_NOTE})
+        metrics = {'dataset': 'cifar10', 'dataset_name': 'CIFAR-10', 'split': 'test', 'results': results}
+        provenance = {'summary': SUMMARY, 'training': TRAINING,
+                      'conversion': conversion_record(args.source, folder / WEIGHTS_FILE)}
+        card = import_checkpoint(args.source, NAME, Path(tmp) / 'card', layout='authors-lwta', metrics=metrics,
+                                 provenance=provenance)
+        out.mkdir(parents=True, exist_ok=True)
+        for file in (CONFIG_FILE, CARD_FILE):  # not the weights
+            shutil.copy(card / file, out / file)
     copy_reports(args.reports, out)
-    print(f'wrote {out.relative_to(ROOT)}')
+    print(f'wrote {out.relative_to(ROOT)} (card, config.json and reports; the weights are not redistributed)')
 
 
 if __name__ == '__main__':

@@ -3,25 +3,30 @@
 Each folder under lwta_zoo/weights/ is exported again (``save_pretrained``) from its own weights
 and config.json, so its config.json and README.md follow the current card code: the weights stay
 byte for byte, the results of its reports (eval/*/report.json) are re-read from them, the training
-record is kept as recorded. Then MODEL_CARDS.md lists the weights with their measurements, the
-zoo's architectures without weights and the recipes that would train them, and the papers' own
-figures, quoted as theirs.
+record is kept as recorded. A folder of weights lwta_zoo does not redistribute (no model.safetensors)
+gets its config.json and README.md the same way, from a model built by its config. Then
+MODEL_CARDS.md lists the weights with their measurements (and how to convert those not
+redistributed), the zoo's architectures without weights and the recipes that would train them,
+and the papers' own figures, quoted as theirs.
 
     python tools/make_model_cards.py
 """
 import json
 import re
+import shutil
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any, Dict, List, Optional
 
+import timm
 import torch
 import yaml
 from safetensors.torch import load_file
 
 import lwta_zoo
 from lwta_zoo.hub import (
-    CONFIG_FILE, SHIPPED_WEIGHTS, WEIGHTS_FILE, format_eps, load_pretrained, report_folder, save_pretrained,
-    shipped_weights, threat_model,
+    CARD_FILE, CONFIG_FILE, SHIPPED_WEIGHTS, WEIGHTS_FILE, conversion, format_eps, load_pretrained, report_folder,
+    save_pretrained, shipped_weights, threat_model,
 )
 from lwta_zoo.models import zoo_model_names
 from lwta_zoo.recipe import load_recipe
@@ -83,12 +88,17 @@ def recard(folder: Path) -> None:
     known = [f for f in dict.fromkeys(map(report_folder, metrics['results'])) if f in found]  # the recorded order
     metrics['results'] = seeded + report_results([folder / f for f in known + [f for f in found if f not in known]],
                                                  notes)
-    weights = {k: v.clone() for k, v in load_file(folder / WEIGHTS_FILE).items()}  # not a view of the file
-    model = load_pretrained(folder).eval()
+    shipped = (folder / WEIGHTS_FILE).is_file()  # False for weights lwta_zoo does not redistribute
+    weights = {k: v.clone() for k, v in load_file(folder / WEIGHTS_FILE).items()} if shipped else None  # not a view
+    model = (load_pretrained(folder) if shipped else timm.create_model(f'local-dir:{folder}')).eval()
     model.pretrained_cfg.pop('label_names', None)  # timm copies them in from config.json; the export writes them
-    save_pretrained(model, folder, recipe=recipe, metrics=metrics, provenance=provenance)
-    again = load_file(folder / WEIGHTS_FILE)  # the recorded model args may change the file's metadata, not a tensor
-    if again.keys() != weights.keys() or any(not torch.equal(again[k], weights[k]) for k in weights):
+    with TemporaryDirectory() as tmp:
+        save_pretrained(model, folder if shipped else tmp, recipe=recipe, metrics=metrics, provenance=provenance)
+        if not shipped:  # the untrained weights of the export stay behind
+            for file in (CONFIG_FILE, CARD_FILE):
+                shutil.copy(Path(tmp) / file, folder / file)
+    again = load_file(folder / WEIGHTS_FILE) if shipped else {}  # model args recorded in the metadata may change
+    if shipped and (again.keys() != weights.keys() or any(not torch.equal(again[k], weights[k]) for k in weights)):
         raise RuntimeError(f'{folder / WEIGHTS_FILE} changed on export; the weights must stay as they are')
 
 
@@ -100,13 +110,14 @@ def _published() -> List[str]:
     rows = ['| model | data | protocol | clean | robust accuracy per attack | worst case | L | n (R) | command |',
             '|---|---|---|---|---|---|---|---|---|']
     for folder in (SHIPPED_WEIGHTS / name for name in shipped_weights()):
+        model = folder.name + (' (not redistributed)' if conversion(folder.name) else '')
         metrics = json.loads((folder / 'config.json').read_text()).get('metrics') or {}
         by_protocol: Dict[str, List[Dict[str, Any]]] = {}
         for r in metrics.get('results', []):
             by_protocol.setdefault(r.get('protocol_label', ''), []).append(r)
         for label, results in by_protocol.items():
             if not label:  # clean-only measurements, each with its data, seeds and command
-                rows += [f"| {folder.name} | {r['data'].split(':')[0]} | {r['name']} | {_pct(r['value'])} "
+                rows += [f"| {model} | {r['data'].split(':')[0]} | {r['name']} | {_pct(r['value'])} "
                          f"(seeds {r.get('seeds')}) | | | {r.get('samples')} | {r.get('examples')} | "
                          f"`{r.get('command')}` |" for r in results]
                 continue
@@ -116,10 +127,24 @@ def _published() -> List[str]:
                                 f"{_pct(r['value'])}" for r in results if not r['name'].startswith(('clean', 'worst')))
             eps = next((r['eps'] for r in results if 'eps' in r), None)
             label += f', eps {format_eps(eps)}' if eps is not None else ''
-            rows.append(f"| {folder.name} | {clean.get('data').split(':')[0]} | {label} | {_pct(clean['value'])} | "
+            rows.append(f"| {model} | {clean.get('data').split(':')[0]} | {label} | {_pct(clean['value'])} | "
                         f"{attacks} | **{_pct(worst['value'])}** ({threat_model(worst, results)}) | "
                         f"{clean.get('samples')} | {clean['examples']} ({clean['repeats']}) | `{clean.get('command')}` |")
     return rows
+
+
+def _not_redistributed() -> List[str]:
+    """Why each measured model marked 'not redistributed' is not, and the one command that converts it."""
+    lines = []
+    for name in shipped_weights():
+        record = conversion(name)
+        if record:
+            lines += [f"`{name}` (not redistributed): {record['reason']}. The rows above measure the weights "
+                      f"converted from {record['source']}, sha256 {record['checkpoint_sha256']}. Convert it once "
+                      f'(`LWTA_ZOO_WEIGHTS`: a folder of your choice); the import checks that sha256 and the '
+                      f"converted model.safetensors' ({record['weights_sha256']}), and `pretrained=True` then "
+                      'finds the weights:', '', f"    {record['command']}", '']
+    return lines
 
 
 def _unpublished() -> List[str]:
@@ -151,7 +176,7 @@ def main() -> None:
         '`lwta_zoo/weights/<model>/eval/*/report.json`. "WRN paper" marks that paper\'s own '
         'protocol; "adaptive" marks attacks built for stochastic models.', '',
         f'lwta_zoo {lwta_zoo.__version__}.', '',
-        '## Published weights', '', *_published(), '',
+        '## Published weights', '', *_published(), '', *_not_redistributed(),
         'RobustBench names of published weights (`load_model(name, dataset, threat)` finds them through timm): '
         + ', '.join(f'`{n}`' for n in zoo_model_names() if ROBUSTBENCH_ALIAS.search(n)) + '.', '',
         '## Architectures without weights yet', '', *_unpublished(), '',
