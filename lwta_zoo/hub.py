@@ -196,7 +196,7 @@ def conversion(name: str) -> Optional[Dict[str, Any]]:
 
     The ``provenance.conversion`` record of its folder in ``lwta_zoo/weights/``: ``reason`` (why they are
     not redistributed), ``source`` (the checkpoint and where it comes from), ``command`` (the ``lwta-zoo
-    import`` that converts it), ``checkpoint_sha256`` and ``weights_sha256`` (of the converted model.safetensors).
+    import`` that converts it), ``checkpoint_sha256`` and ``tensors_sha256`` (of the converted weights' tensors: ``tensors_sha256``).
     """
     path = SHIPPED_WEIGHTS / name / CONFIG_FILE
     if not path.is_file():
@@ -208,6 +208,16 @@ def file_sha256(path: Union[str, Path]) -> str:
     """The sha256 of a file, as ``sha256sum`` prints it."""
     with Path(path).open('rb') as f:
         return hashlib.file_digest(f, 'sha256').hexdigest()
+
+
+def tensors_sha256(path: Union[str, Path]) -> str:
+    """The sha256 of a safetensors file's tensors (names, dtypes, shapes and bytes, by name), not of the
+    file: its metadata records the exporting code's model args, which may change while the weights do not."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(str(path)).items()):
+        digest.update(f'{name}:{tensor.dtype}:{tuple(tensor.shape)};'.encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _mirrors() -> List[Path]:
@@ -553,7 +563,7 @@ def _usage(name: str, repo_id: str, code_repository: str, cfg: Dict[str, Any], d
     convert = [
         f"lwta_zoo does not redistribute these weights ({record['reason']}). Convert {record['source']} once; "
         f"`lwta-zoo import` checks its sha256 ({record['checkpoint_sha256']}) and that of the converted "
-        f"model.safetensors ({record['weights_sha256']}), and `pretrained=True` then finds the weights in "
+        f"tensors ({record['tensors_sha256']}, `lwta_zoo.hub.tensors_sha256`), and `pretrained=True` then finds the weights in "
         f'`${MIRROR_ENV}`:',
         f"```bash\nexport {MIRROR_ENV}=$HOME/lwta_zoo_weights  # any folder\n{record['command']}\n```",
     ] if record else []
@@ -869,6 +879,7 @@ def import_checkpoint(
     layout: str = 'native',
     metrics: Optional[Dict[str, Any]] = None,
     provenance: Optional[Dict[str, Any]] = None,
+    verify: bool = True,
 ) -> Path:
     """Convert a third-party .pt checkpoint into an exported folder for a registered zoo model.
 
@@ -876,14 +887,15 @@ def import_checkpoint(
     keys; the result must fit ``model_name`` exactly. The source file's name and sha256, its scalar
     entries and the layout's metadata are kept in config.json and the model card. For weights that
     lwta_zoo converts rather than redistributes (``conversion(model_name)``), the checkpoint must have
-    the recorded sha256 before it is read, and the converted model.safetensors the recorded one; given
-    no metrics or provenance, the folder then gets the published config.json, card and eval/ reports.
+    the recorded sha256 before it is read, and the converted tensors the recorded one; given no metrics
+    or provenance, the folder then gets the published config.json, card and eval/ reports. ``verify=False``
+    skips the checks, for the tool that writes the record.
     """
     checkpoint = Path(checkpoint)
     if layout not in LAYOUTS:
         raise ValueError(f'layout must be one of {sorted(LAYOUTS)}, got {layout!r}')
     _require_zoo_architecture(split_model_name_tag(model_name)[0], f'model {model_name!r}')
-    record, digest = conversion(model_name), file_sha256(checkpoint)
+    record, digest = conversion(model_name) if verify else None, file_sha256(checkpoint)
     if record and digest != record['checkpoint_sha256']:
         raise ValueError(f"{checkpoint} is not the checkpoint {model_name} is converted from: its sha256 is {digest}, "
                          f"{record['source']} has {record['checkpoint_sha256']}")
@@ -894,11 +906,11 @@ def import_checkpoint(
     source = {'file': checkpoint.name, 'sha256': digest, 'layout': layout, **({'entries': entries} if entries else {})}
     folder = save_pretrained(model, output, metrics=metrics,
                              provenance={**(provenance or {}), 'checkpoint': source, **notes})
-    got = file_sha256(folder / WEIGHTS_FILE) if record else None
-    if record and got != record['weights_sha256']:
+    got = tensors_sha256(folder / WEIGHTS_FILE) if record else None
+    if record and got != record['tensors_sha256']:
         (folder / WEIGHTS_FILE).unlink()
-        raise ValueError(f"Converting {checkpoint} as {model_name} gave weights with sha256 {got}, not the recorded "
-                         f"{record['weights_sha256']} (layout {layout!r}; the recorded command: {record['command']}); "
+        raise ValueError(f"Converting {checkpoint} as {model_name} gave tensors with sha256 {got}, not the recorded "
+                         f"{record['tensors_sha256']} (layout {layout!r}; the recorded command: {record['command']}); "
                          f'{folder / WEIGHTS_FILE} was removed')
     card = SHIPPED_WEIGHTS / model_name
     if record and metrics is None and provenance is None and card.resolve() != folder.resolve():

@@ -81,7 +81,7 @@ def sample_average(
     ``forward`` sees batches of whole copies of ``x``, at most ``max_batch`` rows each
     (``folded_forward``).
     """
-    if samples == 1:
+    if samples == 1 or len(x) == 0:  # an empty batch has no samples to average
         return forward(x)
     out = folded_forward(forward, x, samples, max_batch).unflatten(0, (samples, x.shape[0]))
     if average == 'logits':

@@ -93,7 +93,7 @@ def test_authors_card_states_recipe_hardware_and_unknown_licence():
     assert record['checkpoint_sha256'] == config['provenance']['checkpoint']['sha256']
     usage = card.text.split('## Model Usage', 1)[1].split('\n## ', 1)[0]
     assert 'lwta_zoo does not redistribute these weights' in usage and f"\n{record['command']}\n" in usage
-    assert record['checkpoint_sha256'] in usage and record['weights_sha256'] in usage
+    assert record['checkpoint_sha256'] in usage and record['tensors_sha256'] in usage
     assert 'lwta_zoo ships these weights' not in card.text
 
 

@@ -159,7 +159,7 @@ def test_weights_not_redistributed_say_how_to_convert_them(fresh_clone):
     """On a fresh clone the authors' folder is a card without weights; every way to ask for them gets the command."""
     record = hub.conversion(AUTHORS)
     assert {p.name for p in (fresh_clone / AUTHORS).iterdir()} == {'config.json', 'README.md', 'eval'}
-    assert all(re.fullmatch(r'[0-9a-f]{64}', record[k]) for k in ('checkpoint_sha256', 'weights_sha256'))
+    assert all(re.fullmatch(r'[0-9a-f]{64}', record[k]) for k in ('checkpoint_sha256', 'tensors_sha256'))
     assert record['command'].startswith(f'lwta-zoo import {AUTHORS_CHECKPOINT.name} --model {AUTHORS} ')
     assert record['command'].endswith(f'--output ${hub.MIRROR_ENV}/{AUTHORS}')
     loads = {'tag': lambda: timm.create_model(AUTHORS, pretrained=True),
@@ -248,7 +248,7 @@ def test_import_checks_the_converted_weights_and_completes_the_folder_from_the_c
     pt = tmp_path / 'm.pt'
     torch.save({'model_state_dict': model.state_dict()}, pt)
     weights = hub.import_checkpoint(pt, 'smallcnn_mnist_lwta', tmp_path / 'plain') / 'model.safetensors'
-    record = {'checkpoint_sha256': hub.file_sha256(pt), 'weights_sha256': '0' * 64, 'reason': 'a test',
+    record = {'checkpoint_sha256': hub.file_sha256(pt), 'tensors_sha256': '0' * 64, 'reason': 'a test',
               'source': 'm.pt', 'command': 'lwta-zoo import m.pt --model smallcnn_mnist_lwta --output OUT'}
     card = tmp_path / 'cards/smallcnn_mnist_lwta'
 
@@ -260,11 +260,11 @@ def test_import_checks_the_converted_weights_and_completes_the_folder_from_the_c
 
     monkeypatch.setattr(hub, 'SHIPPED_WEIGHTS', card.parent)
     publish(record)
-    got = hub.file_sha256(weights)
-    with pytest.raises(ValueError, match=f'gave weights with sha256 {got}, not the recorded 0{{64}}'):
+    got = hub.tensors_sha256(weights)
+    with pytest.raises(ValueError, match=f'gave tensors with sha256 {got}, not the recorded 0{{64}}'):
         hub.import_checkpoint(pt, 'smallcnn_mnist_lwta', tmp_path / 'out')
     assert not (tmp_path / 'out/model.safetensors').exists()  # never left where pretrained=True would find it
-    publish({**record, 'weights_sha256': got})
+    publish({**record, 'tensors_sha256': got})
     out = hub.import_checkpoint(pt, 'smallcnn_mnist_lwta', tmp_path / 'out')
     assert (out / 'model.safetensors').read_bytes() == weights.read_bytes()
     assert all((out / f).read_bytes() == (card / f).read_bytes()
@@ -332,7 +332,7 @@ def test_import_of_the_authors_checkpoint_gives_the_recorded_weights(authors_mir
     args = parser.parse_args([str(AUTHORS_CHECKPOINT), *command[3:]])
     args.func(args)
     weights = tmp_path / AUTHORS / 'model.safetensors'
-    assert hub.file_sha256(weights) == record['weights_sha256']
+    assert hub.tensors_sha256(weights) == record['tensors_sha256']
     assert weights.read_bytes() == (authors_mirror / AUTHORS / 'model.safetensors').read_bytes()
     provenance = json.loads((tmp_path / AUTHORS / 'config.json').read_text())['provenance']
     assert provenance['checkpoint']['entries'] == {'epoch': 100}

@@ -142,7 +142,7 @@ def _not_redistributed() -> List[str]:
             lines += [f"`{name}` (not redistributed): {record['reason']}. The rows above measure the weights "
                       f"converted from {record['source']}, sha256 {record['checkpoint_sha256']}. Convert it once "
                       f'(`LWTA_ZOO_WEIGHTS`: a folder of your choice); the import checks that sha256 and the '
-                      f"converted model.safetensors' ({record['weights_sha256']}), and `pretrained=True` then "
+                      f"converted tensors' ({record['tensors_sha256']}), and `pretrained=True` then "
                       'finds the weights:', '', f"    {record['command']}", '']
     return lines
 
