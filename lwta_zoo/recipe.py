@@ -77,7 +77,8 @@ class ScheduleSection:
 class AdversarySection:
     """Adversarial training. ``fgsm`` is one PGD step of size eps without random start;
     FGSM with a random start (Wong, Rice, Kolter 2020) is ``pgd`` with ``steps: 1``,
-    ``random_start: true`` and ``step_size`` 1.25 eps, and few-step PGD is ``pgd`` with few steps;
+    ``random_start: true`` and ``step_size`` 1.25 eps; N-FGSM (de Jorge et al. 2022) adds
+    ``init_scale: 2``, ``step_size`` eps and ``project: false``; few-step PGD is ``pgd`` with few steps;
     ``trades`` (Zhang et al. 2019) maximises KL(p_clean || p_adv) from a uniform random start
     in the ball (TRADES' code starts from 0.001 * N(0, 1)) and trains on
     CE(clean) + trades_beta * KL(p_clean || p_adv).
@@ -95,6 +96,8 @@ class AdversarySection:
     step_size: float = 2 / 255
     steps: int = 10
     random_start: bool = True
+    init_scale: float = 1.0  # the random start is uniform in the ball of init_scale * eps
+    project: bool = True  # false: iterates stay in [0, 1] only, not in the eps-ball (N-FGSM)
     gradient: Literal[GRADIENTS] = 'model'  # type: ignore[valid-type]
     eot_samples: int = 4
     model_mode: Literal['train', 'eval'] = 'train'
@@ -180,6 +183,7 @@ RANGES = {
     'optim.lr': '(0, inf)', 'optim.momentum': '[0, 1)', 'optim.weight_decay': '[0, inf)',
     'schedule.gamma': '(0, inf)', 'schedule.start': '[0, inf)', 'schedule.milestones': '[0, inf)',
     'adversary.eps': '[0, 1]', 'adversary.step_size': '(0, 1]', 'adversary.steps': '[1, inf)',
+    'adversary.init_scale': '[0, inf)',
     'adversary.eot_samples': '[1, inf)', 'adversary.trades_beta': '[0, inf)',
     'eval.every': '[0, inf)', 'eval.samples': '[1, inf)', 'eval.limit': '[0, inf)', 'eval.eps': '[0, 1]',
     'eval.step_size': '(0, 1]', 'eval.steps': '[1, inf)', 'eval.batch_size': '[1, inf)',

@@ -330,6 +330,7 @@ class Trainer:
         try:
             with self._autocast():
                 return pgd(self.model, x, y, a.eps, step_size, steps, random_start=random_start,
+                           init_scale=a.init_scale, project=a.project,
                            gradient=a.gradient, eot_samples=a.eot_samples, **loss_kw)
         finally:
             self.model.train(was_training)

@@ -152,3 +152,15 @@ def test_on_device_data_trains_and_resumes_mid_epoch_identically(tmp_path: Path)
     resumed.fit()
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_n_fgsm_starts_from_twice_the_ball_and_is_not_projected() -> None:
+    """N-FGSM's training attack: uniform noise in 2 eps, one step of eps, no projection (up to 3 eps)."""
+    from lwta_zoo.attacks.pgd import pgd
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    x, y, eps = torch.rand(256, 1, 8, 8) * 0.5 + 0.25, torch.randint(0, 10, (256,)), 0.05
+    free = pgd(model, x, y, eps, eps, 1, init_scale=2, project=False) - x
+    assert free.abs().max() <= 3 * eps + 1e-6 and free.abs().max() > 2.5 * eps
+    assert (free.abs() > eps + 1e-6).float().mean() > 0.3  # most of the noise lies outside the ball
+    projected = pgd(model, x, y, eps, eps, 1, init_scale=2) - x
+    assert projected.abs().max() <= eps + 1e-6

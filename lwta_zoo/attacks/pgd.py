@@ -7,7 +7,9 @@ A stochastic model's own gradient is noisy; an attacker may instead follow (DESI
 * ``'ste'``: exact samples forward, softmax gradients backward (straight-through);
 * ``'eot'``: the mean gradient of ``eot_samples`` sampled forwards, folded into one batch.
 
-FGSM is ``pgd(..., steps=1, step_size=eps, random_start=False)``.
+FGSM is ``pgd(..., steps=1, step_size=eps, random_start=False)``; N-FGSM (de Jorge et al. 2022), a
+single-step training attack that avoids catastrophic overfitting, is ``pgd(..., steps=1,
+step_size=eps, init_scale=2, project=False)``: noise from twice the ball, and no projection back.
 """
 from __future__ import annotations
 
@@ -80,6 +82,8 @@ def pgd(
     steps: int,
     *,
     random_start: bool = True,
+    init_scale: float = 1.0,
+    project: bool = True,
     gradient: str = 'model',
     eot_samples: int = 20,
     loss_fn: Loss = F.cross_entropy,
@@ -89,23 +93,28 @@ def pgd(
 ) -> torch.Tensor:
     """L-inf PGD from ``x`` (in [0, 1]); returns adversarial inputs inside the eps-ball and [0, 1].
 
+    The random start is uniform in the ball of ``init_scale * eps``; ``project=False`` keeps the
+    iterates in [0, 1] only, not in the eps-ball (N-FGSM's training attack; see the module docstring).
     The model is attacked in whatever train/eval state it is in. ``eot_samples`` is used
     only with ``gradient='eot'`` (its draws fold into forwards of at most ``max_batch`` rows).
     ``callback`` sees the detached iterate after every step.
     """
-    if eps < 0 or step_size <= 0 or steps < 1:
-        raise ValueError(f'need eps >= 0, step_size > 0, steps >= 1; got {eps}, {step_size}, {steps}')
+    if eps < 0 or step_size <= 0 or steps < 1 or init_scale < 0:
+        raise ValueError(f'need eps >= 0, step_size > 0, steps >= 1, init_scale >= 0; got {eps}, {step_size}, '
+                         f'{steps}, {init_scale}')
     x = x.detach()
     delta = torch.zeros_like(x)
     if random_start:
-        delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
+        delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * (init_scale * eps)
     x_adv = (x + delta).clamp(0, 1)
     k = eot_samples if gradient == 'eot' else 1
     with gradient_surrogate(model, gradient), torch.enable_grad():
         for _ in range(steps):
             grad = input_gradient(model, x_adv, y, loss_fn, k, max_batch)
             x_adv = x_adv + step_size * grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+            if project:
+                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
+            x_adv = x_adv.clamp(0, 1)
             if callback is not None:
                 callback(x_adv.detach())
     return x_adv.detach()
