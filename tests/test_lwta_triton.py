@@ -2,7 +2,8 @@
 uniforms bit for bit, the same exact samples and winners, and relaxed outputs, saved
 differences, KL and gradients to float rounding, for the same seed.
 
-There is no GPU here: the kernels run under Triton's interpreter on CPU tensors. It is chosen
+On a GPU machine (benchmarks/gpu_check.py runs this file there) the Triton side runs on CUDA
+tensors. Without a GPU the kernels run under Triton's interpreter on CPU tensors. It is chosen
 by TRITON_INTERPRET=1 when a kernel is decorated, Triton's own helpers (``tl.philox``)
 included, which are decorated when triton is imported, and ``import lwta_zoo`` imports
 triton already (torchvision imports torch._dynamo). So the Triton side runs in one
@@ -48,11 +49,12 @@ def _inputs(shape: Tuple[int, ...], U: int, dtype: str, layout: str = 'nchw') ->
     return tuple(t.to(getattr(torch, dtype)).contiguous(memory_format=fmt) for t in (x, gy))
 
 
-def _outputs(case: Case, compute: str) -> Dict[str, torch.Tensor]:
+def _outputs(case: Case, compute: str, device: str = 'cpu') -> Dict[str, torch.Tensor]:
     """A case's exact sample, relaxed samples (soft, hard), their saved tensors, KL and
-    gradients, through the custom ops and their autograd, in the dtype ``compute``."""
+    gradients, through the custom ops and their autograd, in the dtype ``compute``, computed on
+    ``device`` and returned on the CPU."""
     shape, U, dtype, layout = case
-    x, gy = (t.to(getattr(torch, compute)) for t in _inputs(shape, U, dtype, layout))
+    x, gy = (t.to(device=device, dtype=getattr(torch, compute)) for t in _inputs(shape, U, dtype, layout))
     x.requires_grad_(True)
     out = {}
     y, out['idx'] = torch.ops.lwta_zoo.lwta_sample(x, U, SEED, True)
@@ -65,11 +67,12 @@ def _outputs(case: Case, compute: str) -> Dict[str, torch.Tensor]:
         y, d, kl = torch.ops.lwta_zoo.lwta_relaxed(x, U, SEED, TAU, hard, True, True)
         (grad,) = torch.autograd.grad((y * gy).sum() + KL_WEIGHT * kl, x)
         out.update({f'y{hard}': y, f'd{hard}': d, f'kl{hard}': kl, f'grad{hard}': grad})
-    return {k: v.detach() for k, v in out.items()}
+    return {k: v.detach().cpu() for k, v in out.items()}
 
 
-def _worker(path: str) -> None:
-    """The Triton side (run with TRITON_INTERPRET=1): the ops on CPU tensors go to the Triton launchers."""
+def _worker(path: str, device: str) -> None:
+    """The Triton side: on a GPU machine the ops on CUDA tensors (real Triton kernels); elsewhere, run with
+    TRITON_INTERPRET=1, the ops on CPU tensors routed to the Triton launchers."""
     import lwta_zoo
     from lwta_zoo.kernels import triton_kernels
 
@@ -77,20 +80,26 @@ def _worker(path: str) -> None:
     lwta_zoo.LWTA(U=4).train()(torch.randn(2, 8, 3, 3))  # the fused CPU path
     imported_for_cpu = 'lwta_zoo.kernels.lwta_triton' in sys.modules
     kernels = triton_kernels()
-    lwta_fast._kernels = lambda t: kernels
+    if device == 'cpu':
+        lwta_fast._kernels = lambda t: kernels
     torch.save({
+        'device': device,
         'imported_for_cpu': imported_for_cpu,
         'max_units': kernels.MAX_U,
-        'uniforms': {c: kernels.uniforms(UNIFORM_SHAPE, *c, device='cpu') for c in UNIFORM_CASES},
-        'outputs': {(s, U, layout): _outputs((s, U, 'float32', layout), 'float32') for s, U, layout in CASES},
-        'half': {c: _outputs(c, c[2]) for c in HALF_CASES},
+        'uniforms': {c: kernels.uniforms(UNIFORM_SHAPE, *c, device=device).cpu() for c in UNIFORM_CASES},
+        'outputs': {(s, U, layout): _outputs((s, U, 'float32', layout), 'float32', device)
+                    for s, U, layout in CASES},
+        'half': {c: _outputs(c, c[2], device) for c in HALF_CASES},
     }, path)
 
 
 @pytest.fixture(scope='module')
 def triton_side(tmp_path_factory) -> dict:
+    """The Triton side's results, from a subprocess: real CUDA where there is a GPU, else the interpreter."""
     path = tmp_path_factory.mktemp('triton') / 'results.pt'
-    run = subprocess.run([sys.executable, __file__, str(path)], env={**os.environ, 'TRITON_INTERPRET': '1'},
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    env = {**os.environ, **({} if device == 'cuda' else {'TRITON_INTERPRET': '1'})}
+    run = subprocess.run([sys.executable, __file__, str(path), device], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     return torch.load(path)
@@ -174,4 +183,4 @@ def test_half_precision_inputs_match_the_c_kernels_on_their_float32_values(trito
 
 
 if __name__ == '__main__':
-    _worker(sys.argv[1])
+    _worker(sys.argv[1], sys.argv[2])

@@ -117,6 +117,16 @@ def test_eval_refuses_empty_and_float_labelled_npz(export: Path, tmp_path: Path,
     assert 'not a readable .npz' in fails(eval_args(export, notzip, tmp_path / 'out'), capsys, tmp_path)
 
 
+def test_eval_refuses_labels_out_of_range_and_inputs_of_another_shape(export: Path, tmp_path: Path, capsys) -> None:
+    """Before any attack runs (nothing written): labels the model cannot output, a 32x32 input for a 28x28 model."""
+    labels = write_npz(tmp_path / 'labels.npz', np.zeros((4, 28, 28), np.uint8), np.array([0, 1, 2, 12]))
+    assert 'labels outside [0, 10)' in fails(eval_args(export, labels, tmp_path / 'out', '--dataset', 'fashion_mnist'),
+                                             capsys, tmp_path)
+    big = write_npz(tmp_path / 'big.npz', np.zeros((4, 32, 32), np.uint8), np.arange(4))
+    line = fails(eval_args(export, big, tmp_path / 'out', '--dataset', 'fashion_mnist'), capsys, tmp_path)
+    assert '(1, 32, 32)' in line and '(1, 28, 28)' in line, line
+
+
 def test_eval_import_and_push_refuse_non_finite_weights(export: Path, tmp_path: Path, capsys) -> None:
     poison(export)
     assert 'non-finite' in fails(eval_args(export, FMNIST, tmp_path / 'out', '--n', '2'), capsys, tmp_path)

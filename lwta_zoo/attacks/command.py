@@ -106,6 +106,16 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run_eval)
 
 
+def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, where: str) -> None:
+    """Refuse, before any attack runs, labels the model cannot output and inputs of another shape
+    than the model's ``pretrained_cfg['input_size']`` (a 32x32 image would pass a pooled 28x28 model)."""
+    from ..data import check_labels
+    check_labels(y, getattr(model, 'num_classes', int(y.max()) + 1), where)
+    expected = tuple((getattr(model, 'pretrained_cfg', None) or {}).get('input_size') or ())
+    if expected and tuple(x.shape[1:]) != expected:
+        raise ValueError(f'{where}: inputs are {tuple(x.shape[1:])} (C, H, W), the model takes {expected}')
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Load the model and data, run the suite, write the report (and figures) to ``args.output``."""
     if args.threads:
@@ -114,6 +124,7 @@ def run_eval(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.samples, args.eval_tau, args.max_batch).to(device or 'cpu')
     twin = load_model(args.twin).to(device or 'cpu') if args.twin else None
     x, y, index = load_data(args.data, args.n, args.seed)
+    check_inputs(model, x, y, args.data)
     dataset = infer_dataset(args.data, args.dataset, x.shape[1])
     eps_sweep = [float(e) / 255 for e in args.eps_sweep.split(',') if e]
     attacks = suite(dataset, eot_samples=args.eot_samples, adaptive_steps=args.adaptive_steps,
