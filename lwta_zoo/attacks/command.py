@@ -107,13 +107,16 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
 
 
 def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, where: str) -> None:
-    """Refuse, before any attack runs, labels the model cannot output and inputs of another shape
-    than the model's ``pretrained_cfg['input_size']`` (a 32x32 image would pass a pooled 28x28 model)."""
+    """Refuse, before any attack runs, labels the model cannot output and inputs the model does not take:
+    another channel count than its ``pretrained_cfg['input_size']``, or another size where the config
+    says ``fixed_input_size`` (timm's convention; pooled models take any size, as training allows)."""
     from ..data import check_labels
     check_labels(y, getattr(model, 'num_classes', int(y.max()) + 1), where)
-    expected = tuple((getattr(model, 'pretrained_cfg', None) or {}).get('input_size') or ())
-    if expected and tuple(x.shape[1:]) != expected:
-        raise ValueError(f'{where}: inputs are {tuple(x.shape[1:])} (C, H, W), the model takes {expected}')
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    expected = tuple(cfg.get('input_size') or ())
+    got = tuple(x.shape[1:])
+    if expected and (got[0] != expected[0] or (cfg.get('fixed_input_size') and got != expected)):
+        raise ValueError(f'{where}: inputs are {got} (C, H, W), the model takes {expected}')
 
 
 def run_eval(args: argparse.Namespace) -> int:
