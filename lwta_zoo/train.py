@@ -52,8 +52,10 @@ from .runs import RunFolderError, check_identity, claim, run_identity
 from .sampling import set_samples
 
 CHECKPOINT = 'checkpoint.safetensors'
-# recipe keys a resumed run may change (threads: results may differ in the last bits; checkpoint timing: none)
-RESOURCE_KEYS = ('train.threads', 'train.checkpoint_minutes')
+# recipe keys a resumed run may change: the machine's threads (results may differ in the last bits),
+# checkpoint timing, where the data lies (the checkpoint's data identity checks what it holds) and the
+# description (prose; the settings are the keys)
+RESOURCE_KEYS = ('train.threads', 'train.checkpoint_minutes', 'data.root', 'description')
 
 
 def elbo_loss(logits: torch.Tensor, y: torch.Tensor, model: nn.Module, n_train: int,
@@ -290,7 +292,7 @@ class Trainer:
         path = self.output / CHECKPOINT
         state = load_state(path)
         # A key the checkpoint lacks was added to the schema after it was written: its default is
-        # what that run did. Threads are the machine's, not the run's: a run may resume with more or fewer.
+        # what that run did. RESOURCE_KEYS are the machine's, not the run's.
         saved = {**flatten(Recipe().to_dict()), **flatten(state['recipe'])}
         now = flatten(self.r.to_dict())
         diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k) and k not in RESOURCE_KEYS)

@@ -89,10 +89,15 @@ def test_guard_restores_the_best_epoch_and_stops_on_a_collapse(data_root: Path, 
 
 
 def test_resume_may_change_threads_but_not_the_run(data_root: Path, tmp_path: Path) -> None:
-    """Long runs move between machines: the thread count is a resource, the rest is the run."""
+    """Long runs move between machines: threads, the data's folder and the description may change;
+    the rest is the run (and the data's content is checked by the checkpoint's identity)."""
     Trainer(recipe_from_dict(tiny_recipe(data_root, adversary=FGSM_RS)), tmp_path / 'run', max_steps=3).fit()
-    resumed = Trainer(recipe_from_dict(tiny_recipe(data_root, adversary=FGSM_RS, train={'threads': 2})),
-                      tmp_path / 'run', resume=True)
+    moved = tmp_path / 'moved'  # the same data in another folder, and a reworded description
+    moved.mkdir()
+    for f in data_root.iterdir():
+        (moved / f.name).write_bytes(f.read_bytes())
+    resumed = Trainer(recipe_from_dict({**tiny_recipe(moved, adversary=FGSM_RS, train={'threads': 2}),
+                                        'description': 'reworded'}), tmp_path / 'run', resume=True)
     torch.set_num_threads(1)  # the suite's setting (conftest)
     assert resumed.step == 3
     with pytest.raises(RecipeError, match='adversary.step_size'):
