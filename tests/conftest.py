@@ -22,8 +22,10 @@ AUTHORS_CHECKPOINT = SHARED_DATA / 'authors_wrn34_1_lwta_cifar10_pgd.pt'
 
 @pytest.fixture(autouse=True)
 def _seed():
-    """Every test starts from the same RNG state, so statistical checks are reproducible."""
+    """Every test starts from the same RNG state, so statistical checks are reproducible, and on one
+    thread (a test that trains with train.threads may have changed it)."""
     torch.manual_seed(0)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope='session')

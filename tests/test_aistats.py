@@ -9,13 +9,6 @@ from lwta_zoo.layers import IBPConv2d, IBPLinear, ibp_keep_fraction
 from lwta_zoo.models.aistats import (
     METHODS, TAGS, TRAINED, EcocCNN, EcocDecoder, EcocEnsemble, hadamard_code, keras_param_count, param_count_table)
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """These networks are many tiny layers: on a shared CPU, thread hand-offs cost more than the maths."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 NAMES = [f'aistats_{n}_{d}' for n in ('softmax', 'logistic', 'logens10', 'tanh16') for d in ('mnist', 'cifar10')]

@@ -28,13 +28,6 @@ SUBSET = ROOT / 'lwta_zoo/data/fashion_mnist_test_500.npz'
 LWTA, IBP = 'aistats_softmax_mnist.lwta_u2_fmnist_pgd', 'aistats_softmax_mnist.lwta_ibp_u2_fmnist_pgd'
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _fmnist(n: int) -> tuple:
     images, labels = read_npz(SUBSET)

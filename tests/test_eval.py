@@ -25,14 +25,6 @@ from lwta_zoo.hub import save_pretrained
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _task(n: int, seed: int) -> tuple:
     """An easy 4-class task on 1x8x8 images: a fixed template per class plus noise, in [0, 1]."""
