@@ -68,14 +68,18 @@ def clean_results(model: torch.nn.Module, key: str) -> list:
     return results
 
 
-def refresh_clean(key: str) -> Path:
-    """Measure the clean rows of a shipped folder again from its own weights (after a change of the
-    sampling noise, say); tools/make_model_cards.py then writes the card from them."""
+def republish(runs: Path, key: str) -> Path:
+    """Update a shipped folder in place, no training run needed: its clean rows measured again from its
+    own weights (after a change of the sampling noise, say), and the reports in RUNS/<key>/eval/*/ (if
+    any) in place of the shipped ones of the same name; tools/make_model_cards.py then writes the card."""
     folder = ROOT / 'lwta_zoo/weights' / f'{ARCH}.{TAGS[key]}'
     fresh = {r['data']: r for r in clean_results(load_pretrained(folder, samples=1).eval(), key)}
+    reports = sorted(p.parent for p in (runs / key / 'eval').glob('*/report.json'))
+    copy_reports(reports, folder)
+    shipped = sorted(p.parent for p in (folder / 'eval').glob('*/report.json'))
     config = json.loads((folder / 'config.json').read_text())
-    config['metrics']['results'] = [fresh.get(r.get('data'), r) if 'protocol_label' not in r else r
-                                    for r in config['metrics']['results']]
+    seeded = [fresh.get(r.get('data'), r) for r in config['metrics']['results'] if 'protocol_label' not in r]
+    config['metrics']['results'] = seeded + report_results(shipped)
     (folder / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
     return folder
 
@@ -109,8 +113,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--runs', type=Path, default=ROOT / 'runs/fmnist')
     p.add_argument('--eval-commands', action='store_true', help='print the eval commands of the reports and stop')
-    p.add_argument('--refresh-clean', action='store_true',
-                   help='measure the shipped folders\' clean rows again from their own weights (no runs needed)')
+    p.add_argument('--shipped', action='store_true',
+                   help='update the shipped folders in place: clean rows measured again, reports from RUNS/<key>/eval')
     p.add_argument('keys', nargs='*', metavar='KEY',
                    help=f'which runs (default: all of {", ".join(TAGS)})')
     args = p.parse_args()
@@ -122,7 +126,7 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     for key in args.keys or list(TAGS):
-        folder = refresh_clean(key) if args.refresh_clean else publish(args.runs, key)
+        folder = republish(args.runs, key) if args.shipped else publish(args.runs, key)
         print(f'wrote {folder.relative_to(ROOT)}')
 
 
