@@ -32,7 +32,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tarfile
@@ -153,17 +152,17 @@ class Check:
 
 
 def environment() -> Dict[str, Any]:
+    """lwta_zoo's record of versions and machine, with the Triton version where a GPU is there."""
     import torch
-    info = {'python': sys.version.split()[0], 'torch': torch.__version__, 'platform': platform.platform(),
-            'cpus': os.cpu_count(), 'cuda': torch.cuda.is_available()}
+
+    from lwta_zoo.machine import environment as recorded
+    info = recorded()
     if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2 ** 30, 1), capability=f'{p.major}.{p.minor}')
         try:
             import triton
-            info['triton'] = triton.__version__
+            info['versions']['triton'] = triton.__version__
         except ImportError:
-            info['triton'] = None
+            info['versions']['triton'] = None
     return info
 
 

@@ -47,6 +47,7 @@ from .attacks.pgd import pgd
 from .data import augment_batch, dataset_info, load_dataset
 from .checkpoint import flatten, load_state, save_state
 from .layers.stochastic import kl_divergence
+from .machine import environment
 from .recipe import Recipe, RecipeError, load_recipe
 from .runs import RunFolderError, check_identity, claim, run_identity
 from .sampling import set_samples
@@ -390,6 +391,9 @@ class Trainer:
         t = self.r.train
         acc_key = 'train_adv_acc' if self.r.adversary.method != 'none' else 'train_acc'
         stopped = bool(self.guard_best and self.guard_best.get('stopped_after_epoch'))
+        # Where each (re)started piece of the run trains, for the card's record of the training cost.
+        self._log({'step': self.step, 'start': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+                   'processes': self.dist.world, **environment()})
         while self.epoch < t.epochs and not stopped:
             self.ddp.train()
             bar = tqdm(self._batches(), total=self.steps_per_epoch, initial=self.step_in_epoch,

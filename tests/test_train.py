@@ -178,8 +178,11 @@ def test_resume_after_sigkill_gives_identical_weights(data_root: Path, tmp_path:
     assert resumed['step'] == straight['step'] == 2 * steps_per_epoch
     for k, v in straight['model'].items():
         assert torch.equal(v, resumed['model'][k]), k
-    # The metrics log has each step once, as if the run had never been killed.
+    # The metrics log has each step once, as if the run had never been killed, and says where each piece ran.
     assert [r['step'] for r in read_log(killed) if 'loss' in r] == list(range(1, 2 * steps_per_epoch + 1))
+    starts = [r for r in read_log(killed) if 'start' in r]
+    assert [r['step'] for r in starts] == [0, state['step']]
+    assert all(r['machine']['cpus'] == os.cpu_count() and r['versions']['torch'] == torch.__version__ for r in starts)
 
 
 def test_ddp_two_gloo_processes_train_and_write_one_checkpoint(data_root: Path, tmp_path: Path) -> None:

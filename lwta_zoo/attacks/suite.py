@@ -37,7 +37,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 import zlib
@@ -54,6 +53,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ..layers.stochastic import stochastic_modules
+from ..machine import environment
 from ..sampling import folded_forward
 from .autoattack import apgd, autoattack
 from .cw import blind_spot, cw_l2
@@ -293,21 +293,6 @@ def _distributed() -> tuple:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def environment() -> Dict[str, Any]:
-    """Versions and machine, for the report."""
-    import pyautoattack
-    import timm
-
-    from .. import __version__
-    return {
-        'versions': {'python': sys.version.split()[0], 'torch': torch.__version__, 'timm': timm.__version__,
-                     'pyautoattack': pyautoattack.__version__, 'numpy': np.__version__, 'lwta_zoo': __version__},
-        'machine': {'platform': platform.platform(), 'processor': platform.processor() or platform.machine(),
-                    'cpus': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
-                    'cuda': torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-    }
 
 
 def _sha256(*tensors: torch.Tensor) -> str:
@@ -554,7 +539,6 @@ def _report(states: List[Dict[str, Any]], attacks: Sequence[Attack], y: torch.Te
 
     clean_only = {'clean': np.ones(n, dtype=bool)}
     clean, _ = worst(candidates, clean_only, repeats)
-    by_name = {a.name: a for a in attacks}
     report_attacks: Dict[str, Any] = {}
     for a in attacks:
         allowed = {**clean_only, **{c: inside(a, c, a.eps) for c in parts[a.name]}}
