@@ -87,6 +87,23 @@ def test_batched_eot_has_the_expected_gradient_of_single_samples(relu_model):
     assert not torch.allclose(singles[0], singles[1]), 'the converted model must be stochastic'
 
 
+def test_eot_on_a_deterministic_model_is_one_gradient_a_step(relu_model):
+    """EoT draws of a model with nothing random in it are all the same: one forward a step, same result."""
+    x, y = _task(6, 5)
+    stochastic = lwta_zoo.convert(copy.deepcopy(relu_model)).eval()
+    for model, expected in ((relu_model, [6, 6, 6]), (stochastic, [30, 30, 30])):  # 5 draws fold into the batch
+        rows = []
+        hook = model[0].register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
+        try:
+            pgd(model, x, y, 0.1, 0.03, 3, gradient='eot', eot_samples=5)
+        finally:
+            hook.remove()
+        assert rows == expected
+    same = [pgd(relu_model, x, y, 0.1, 0.03, 3, generator=torch.Generator().manual_seed(0), **kw)
+            for kw in ({'gradient': 'eot', 'eot_samples': 5}, {})]
+    assert torch.equal(*same)
+
+
 def test_surrogate_attacks_run_on_a_converted_timm_model():
     model = lwta_zoo.convert(timm.create_model('resnet10t', num_classes=4)).eval()
     x, y = torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2])

@@ -96,7 +96,8 @@ def pgd(
     The random start is uniform in the ball of ``init_scale * eps``; ``project=False`` keeps the
     iterates in [0, 1] only, not in the eps-ball (N-FGSM's training attack; see the module docstring).
     The model is attacked in whatever train/eval state it is in. ``eot_samples`` is used
-    only with ``gradient='eot'`` (its draws fold into forwards of at most ``max_batch`` rows).
+    only with ``gradient='eot'`` (its draws fold into forwards of at most ``max_batch`` rows), and
+    not for a deterministic model in eval mode, whose draws would all be the same.
     ``callback`` sees the detached iterate after every step.
     """
     if eps < 0 or step_size <= 0 or steps < 1 or init_scale < 0:
@@ -107,7 +108,9 @@ def pgd(
     if random_start:
         delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * (init_scale * eps)
     x_adv = (x + delta).clamp(0, 1)
-    k = eot_samples if gradient == 'eot' else 1
+    # EoT draws of a model with nothing random in it (no stochastic layer, eval mode) are one gradient
+    deterministic = not model.training and next(stochastic_modules(model), None) is None
+    k = eot_samples if gradient == 'eot' and not deterministic else 1
     with gradient_surrogate(model, gradient), torch.enable_grad():
         for _ in range(steps):
             grad = input_gradient(model, x_adv, y, loss_fn, k, max_batch)
