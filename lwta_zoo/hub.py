@@ -591,11 +591,15 @@ def _training(recipe: Optional[Dict[str, Any]], provenance: Dict[str, Any]) -> O
     if train.get('batch_size'):
         text += f" of batch {train['batch_size']} ({train.get('epochs')} epoch(s); the last partial batch of " \
                 'each epoch is dropped)'
-    per_step = provenance.get('seconds_per_step_median')
-    if per_step:
+    per_step, hours = provenance.get('seconds_per_step_median'), provenance.get('train_step_hours')
+    if hours:
+        text += (f'; {hours:.1f} h of training steps (the mean time per step the run logged in each epoch, times '
+                 "the epoch's steps; the per-epoch checks not counted)")
+    elif per_step:
         text += (f'; about {steps * per_step / 60:.0f} min of training ({steps} x the median {per_step} s per step '
                  'the run logged; its total time was not recorded)')
-    return text + '; the CPU model was not recorded.'
+    machines = provenance.get('machines')
+    return text + (f"; on {' and '.join(machines)}." if machines else '; the CPU model was not recorded.')
 
 
 def _limitations(cfg: Dict[str, Any], metrics: Optional[Dict[str, Any]], stochastic: bool) -> str:

@@ -19,12 +19,15 @@ from test_hub import put_in_cache, stub_hub  # noqa: F401  (a fixture)
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = hub.shipped_weights()
 PAPER_IDS = {'arXiv:2101.01121', 'arXiv:2112.02671'}  # the AISTATS paper, the WRN paper
-FASHION_MNIST_TRAIN = 60_000
+TRAIN_SIZE = {'fashion_mnist': 60_000, 'cifar10': 50_000}
 
 
 def _card(name):
     folder = hub.SHIPPED_WEIGHTS / name
     return folder, ModelCard.load(folder / 'README.md'), json.loads((folder / 'config.json').read_text())
+
+
+TRAINED = [n for n in SHIPPED if 'steps_trained' in (_card(n)[2].get('provenance') or {})]  # by this repo
 
 
 def _links(text):
@@ -69,16 +72,23 @@ def test_shipped_card_and_config_hold_what_a_hub_user_needs(name):
     assert 'runs/' not in ''.join(_links(card.text))
 
 
-@pytest.mark.parametrize('name', [n for n in SHIPPED if 'fmnist' in n])
+@pytest.mark.parametrize('name', TRAINED)
 def test_trained_cards_state_the_steps_that_ran_and_the_training_time(name):
     _, card, config = _card(name)
     steps, train = config['provenance']['steps_trained'], config['recipe']['train']
-    assert steps == train['epochs'] * (FASHION_MNIST_TRAIN // train['batch_size'])  # drop_last: 468 of 128
+    per_epoch = TRAIN_SIZE[config['recipe']['data']['name']] // train['batch_size']  # drop_last: 468 of 128
+    guard_stopped = 'restored_epoch' in config['provenance']['training_run_final_eval'].get('guard', {})
+    assert steps == train['epochs'] * per_epoch or (guard_stopped and steps % per_epoch == 0)
     assert f'{steps} optimizer steps of batch {train["batch_size"]}' in card.text
     assert not re.search(rf'\b(?!{steps}\b)\d+ steps of {train["batch_size"]}\b', card.text)
-    per_step = config['provenance']['seconds_per_step_median']
-    assert f'about {steps * per_step / 60:.0f} min of training' in card.text
-    assert 'CPU model was not recorded' in card.text  # said, not guessed
+    provenance = config['provenance']
+    if 'train_step_hours' in provenance:  # the cost and the machines, from the run's log
+        assert f"{provenance['train_step_hours']:.1f} h of training steps" in card.text
+        assert provenance['machines'] and all(m in card.text for m in provenance['machines'])
+    else:  # runs from before the log recorded machines
+        per_step = provenance['seconds_per_step_median']
+        assert f'about {steps * per_step / 60:.0f} min of training' in card.text
+        assert 'CPU model was not recorded' in card.text  # said, not guessed
 
 
 def test_authors_card_states_recipe_hardware_and_unknown_licence():

@@ -1,7 +1,7 @@
 """What the weights tools share: seeded clean accuracy and ``lwta-zoo eval`` reports as model-card
 results, and the reports copied beside the weights (lwta_zoo/weights/<name>/eval/<run>/).
 
-Used by make_authors_weights.py and make_fmnist_weights.py; every result records the data it was
+Used by make_authors_weights.py and make_trained_weights.py; every result records the data it was
 measured on, the seeds and the command that rewrites it.
 """
 import json
