@@ -83,8 +83,8 @@ FAMILIES = {
                 'lwta_adaptive': 'wrn34_1_lwta.cifar10_adaptive_nfgsm'},
         recipe='recipes/cifar10_wrn34_1_{key}_fast.yaml', run='runs/cifar10_wrn34_1_{key}_fast',
         train_args='train.threads=1 --data-dir ../shared/data',
-        machine=('Trained on CPU, one thread (bf16 autocast, channels_last), with one evaluation sharing the '
-                 'same 2 cores, in resumed pieces of at most 3 hours'),
+        machine=('Trained on a 2-core CPU (bf16 autocast, channels_last) shared with the evaluations of other '
+                 'models, in resumed pieces of at most 3 hours, with 1 or 2 torch threads'),
         subset=('lwta_zoo/data/cifar10_test_500.npz: the first 50 images of each class, from a public JPEG '
                 're-encoding of the CIFAR-10 test set'),
         larger='../shared/data/cifar10_test_1k.npz: 1,000 images of a public JPEG re-encoding of the CIFAR-10 '
