@@ -21,6 +21,7 @@ from lwta_zoo.attacks.suite import (card_results, evaluate, markdown_table, null
 from lwta_zoo.data import read_npz
 from lwta_zoo.layers.ibp import IBPConv2d, IBPLinear, independent_copies
 from lwta_zoo.layers.lwta import lwta_modules
+from toy import fit
 from pyautoattack.autopgd_base import APGDAttack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,13 +116,7 @@ def _saturated_mlp() -> tuple:
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
-    x, y = task(256, 1)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(80):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval(), *task(8, 2)
+    return fit(model, *task(256, 1)), *task(8, 2)
 
 
 def test_cw_at_its_default_budget_fools_an_undefended_network():

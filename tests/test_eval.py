@@ -21,6 +21,7 @@ from lwta_zoo.attacks.autoattack import apgd
 from lwta_zoo.attacks.command import configure_eval, load_data, load_model
 from lwta_zoo.attacks.suite import evaluate, pgd_attack, select, suite
 from lwta_zoo.hub import save_pretrained
+from toy import fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,13 +41,7 @@ def relu_model() -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
-    x, y = _task(256, 1)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(80):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
+    return fit(model, *_task(256, 1))
 
 
 def test_pgd_breaks_a_relu_model_inside_the_ball(relu_model):
