@@ -21,7 +21,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__, hub
 from .attacks.suite import card_results, report_label
@@ -103,18 +103,19 @@ def report_folders(folder: Path) -> List[Path]:
 
 
 def _training(config: Dict[str, Any], name: str) -> str:
-    record = hub.conversion(name)
-    if record:
+    """How the weights were trained, in a few words: the recipe's adversarial training, or where they come from."""
+    recipe = config.get('recipe')
+    if hub.conversion(name):
         return "the authors' checkpoint, converted"
-    adversary = (config.get('recipe') or {}).get('adversary') or {}
+    if not recipe:
+        return 'not recorded'
+    adversary, epochs = recipe.get('adversary') or {}, (recipe.get('train') or {}).get('epochs')
     method = adversary.get('method', 'none')
-    if method == 'none' or not config.get('recipe'):
-        return 'standard training' if config.get('recipe') else 'not recorded'
-    attack = {'pgd': f"PGD-{adversary.get('steps')}", 'fgsm': 'FGSM',
+    attack = {'none': 'standard training', 'pgd': f"PGD-{adversary.get('steps')}", 'fgsm': 'FGSM',
               'trades': f"TRADES (beta {adversary.get('trades_beta')})"}.get(method, method)
-    epochs = ((config['recipe'].get('train') or {}).get('epochs'))
-    return (f"{attack} at eps {hub.format_eps(adversary['eps'])}, {adversary.get('gradient', 'model')} gradient"
-            + (f', {epochs} epoch(s)' if epochs else ''))
+    if method != 'none':
+        attack += f" at eps {hub.format_eps(adversary['eps'])}, {adversary.get('gradient', 'model')} gradient"
+    return attack + (f', {epochs} epoch(s)' if epochs else '')
 
 
 def _figure(result: Dict[str, Any], results: List[Dict[str, Any]], name: str) -> Figure:
@@ -207,7 +208,8 @@ pre { overflow-x: auto; background: var(--head); padding: .7rem; border-radius: 
 code { font-size: .88em; }
 .card { border-top: 1px solid var(--line); margin-top: 1.5rem; }
 .card table { display: block; overflow-x: auto; }
-ul.boards li { margin: .3rem 0; }
+ul.boards li, ul.models li { margin: .3rem 0; }
+ul.models a.model-name small { display: inline; }
 @media (max-width: 640px) {
   body { font-size: 14px; }
   td.model { min-width: 9.5rem; }
@@ -488,10 +490,12 @@ def _boards(all_rows: List[Row]) -> Dict[BoardKey, List[Row]]:
     return boards
 
 
-def _index(boards: Dict[BoardKey, List[Row]], models: Iterable[str]) -> str:
+def _index(boards: Dict[BoardKey, List[Row]], models: Dict[str, Row]) -> str:
     links = ''.join(f'<li><a href="{_board_file(k)}">{_e(rows_[0].dataset_name)} &middot; {_e(budget(*k[1:]))}</a>'
                     '</li>' for k, rows_ in boards.items())
-    model_links = ''.join(f'<li>{_model_link(m, _model_file(m))}</li>' for m in models)
+    model_links = ''.join(f'<li>{_model_link(m, _model_file(m))} <span class="muted">&middot; {_e(r.architecture)} '
+                          f'&middot; {_e(r.dataset_name)} &middot; {_e(r.training)}</span></li>'
+                          for m, r in models.items())
     body = f"""<h1>Stochastic defenses, evaluated adaptively</h1>
 <p>Every model lwta_zoo publishes, its accuracy under the papers' own attack protocol beside the worst case
 that adaptive attacks (built for stochastic models: mean surrogate, straight-through and EoT gradients) find,
@@ -500,7 +504,7 @@ ReLU networks beside stochastic LWTA ones. Every figure is read from the model's
 a model without a report is listed as not evaluated. Written by <code>lwta-zoo leaderboard</code>
 (lwta_zoo {_e(__version__)}); MODEL_CARDS.md lists the same rows.</p>
 <h2>By dataset and threat model</h2><ul class="boards">{links}</ul>
-<h2>Models</h2><ul>{model_links}</ul>"""
+<h2>Models</h2><ul class="models">{model_links}</ul>"""
     return _page('Leaderboard', body, boards)
 
 
@@ -515,7 +519,7 @@ def write_site(output: Path) -> List[Path]:
     boards = _boards(all_rows)
     (output / 'style.css').write_text(STYLE, encoding='utf-8')
     pages = [output / 'index.html']
-    pages[0].write_text(_index(boards, names), encoding='utf-8')
+    pages[0].write_text(_index(boards, {r.model: r for r in all_rows}), encoding='utf-8')
     for key, board_rows in boards.items():
         page = output / _board_file(key)
         plot = page.with_suffix('.svg')

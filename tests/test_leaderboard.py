@@ -104,6 +104,7 @@ def test_a_report_with_two_threat_models_gives_a_row_on_each_board(monkeypatch, 
               'threat_models': [linf, {'threat_model': 'L2', 'eps': None, 'attacks': ['aistats_cw'], **figure(0.25)}]}
     (weights / name / 'eval' / 'two_threats').mkdir()
     (weights / name / 'eval' / 'two_threats' / 'report.json').write_text(json.dumps(report))
+    (weights / name / 'eval' / 'two_threats' / 'robust_vs_eps.png').write_bytes(b'a plot')  # as plots.py names it
     monkeypatch.setattr(hub, 'SHIPPED_WEIGHTS', weights)
     found = {r.threat_model: r for r in leaderboard.model_rows(name) if r.report == 'eval/two_threats'}
     assert set(found) == {'Linf', 'L2'}
@@ -118,6 +119,9 @@ def test_a_report_with_two_threat_models_gives_a_row_on_each_board(monkeypatch, 
     l2_board = next(text for file, text in boards.items() if '-l2' in file and name in text)
     assert 'data-report="eval/two_threats"' in l2_board and 'aistats_cw<small>AISTATS paper</small>' in l2_board
     assert not any('apgd-ce' in text.split('</thead>')[0] for text in boards.values())
+    page = tmp_path / 'site' / leaderboard._model_file(name)  # its plots beside its page
+    assert '<img src="eval/two_threats/robust_vs_eps.png"' in page.read_text()
+    assert (page.parent / 'eval' / 'two_threats' / 'robust_vs_eps.png').read_bytes() == b'a plot'
 
 
 def test_the_command_fails_on_one_line(tmp_path, capsys):
