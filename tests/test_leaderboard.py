@@ -135,6 +135,8 @@ def test_the_command_fails_on_one_line(tmp_path, capsys):
 def browser():
     if CHROMIUM is None:
         pytest.skip('chromium is not installed (Debian: apt-get install chromium chromium-driver; .ci/run does)')
+    driver_path = shutil.which('chromedriver')
+    assert driver_path, 'chromium is installed but not its WebDriver (Debian: apt-get install chromium-driver)'
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -143,7 +145,7 @@ def browser():
     for arg in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'):
         options.add_argument(arg)
     options.set_capability('goog:loggingPrefs', {'performance': 'ALL'})
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which('chromedriver')))
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))  # no Selenium Manager download
     yield driver
     driver.quit()
 
