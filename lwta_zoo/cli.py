@@ -22,6 +22,7 @@ COMMANDS = {
     'eval': 'lwta_zoo.attacks.command',
     'import': 'lwta_zoo.hub',
     'push': 'lwta_zoo.hub',
+    'leaderboard': 'lwta_zoo.leaderboard',
 }
 
 # Numeric options are counts (ints >= 1) or positive finite floats, except these, which may be 0.

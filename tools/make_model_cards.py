@@ -25,9 +25,10 @@ from safetensors.torch import load_file
 
 import lwta_zoo
 from lwta_zoo.hub import (
-    CARD_FILE, CONFIG_FILE, SHIPPED_WEIGHTS, WEIGHTS_FILE, conversion, format_eps, load_pretrained, report_folder,
-    save_pretrained, shipped_weights, threat_model,
+    CARD_FILE, CONFIG_FILE, SHIPPED_WEIGHTS, WEIGHTS_FILE, conversion, format_eps, load_pretrained, save_pretrained,
+    shipped_weights,
 )
+from lwta_zoo.leaderboard import Row, model_rows, report_folders
 from lwta_zoo.models import zoo_model_names
 from lwta_zoo.recipe import load_recipe
 from publishing import report_results
@@ -84,10 +85,7 @@ def recard(folder: Path) -> None:
         recipe = {**recipe, 'description': now['description']}
     seeded = [r for r in metrics['results'] if 'protocol_label' not in r]  # not from a report
     notes = {r['data'].split(':')[0]: r['data'] for r in seeded if 'data' in r}
-    found = [p.parent.relative_to(folder).as_posix() for p in sorted((folder / 'eval').glob('*/report.json'))]
-    known = [f for f in dict.fromkeys(map(report_folder, metrics['results'])) if f in found]  # the recorded order
-    metrics['results'] = seeded + report_results([folder / f for f in known + [f for f in found if f not in known]],
-                                                 notes)
+    metrics['results'] = seeded + report_results(report_folders(folder), notes)
     shipped = (folder / WEIGHTS_FILE).is_file()  # False for weights lwta_zoo does not redistribute
     weights = {k: v.clone() for k, v in load_file(folder / WEIGHTS_FILE).items()} if shipped else None  # not a view
     model = (load_pretrained(folder) if shipped else timm.create_model(f'local-dir:{folder}')).eval()
@@ -106,30 +104,28 @@ def _pct(v: Any) -> str:
     return f'{100 * v:.1f}' if isinstance(v, (int, float)) else ''
 
 
+def _report_row(model: str, row: Row) -> str:
+    """A leaderboard row (lwta_zoo.leaderboard: one report, one threat model) as a row of the table."""
+    if row.report is None:
+        return f'| {model} | {row.dataset} | not evaluated | | | | | | |'
+    attacks = '; '.join(f'{f.name} ({f.protocol}, {f.threat_model}) {_pct(f.value)}' for f in row.attacks)
+    label = row.protocol + (f', eps {format_eps(row.eps)}' if row.eps is not None else '')
+    return (f'| {model} | {row.data} | {label} | {_pct(row.clean.value)} | {attacks} | **{_pct(row.worst.value)}** '
+            f'({row.threat_model}) | {row.samples} | {row.n} ({row.repeats}) | `{row.command}` |')
+
+
 def _published() -> List[str]:
+    """A row per clean-only measurement of config.json, then the leaderboard's rows, the site's: read from the
+    shipped reports."""
     rows = ['| model | data | protocol | clean | robust accuracy per attack | worst case | L | n (R) | command |',
             '|---|---|---|---|---|---|---|---|---|']
-    for folder in (SHIPPED_WEIGHTS / name for name in shipped_weights()):
-        model = folder.name + (' (not redistributed)' if conversion(folder.name) else '')
-        metrics = json.loads((folder / 'config.json').read_text()).get('metrics') or {}
-        by_protocol: Dict[str, List[Dict[str, Any]]] = {}
-        for r in metrics.get('results', []):
-            by_protocol.setdefault(r.get('protocol_label', ''), []).append(r)
-        for label, results in by_protocol.items():
-            if not label:  # clean-only measurements, each with its data, seeds and command
-                rows += [f"| {model} | {r['data'].split(':')[0]} | {r['name']} | {_pct(r['value'])} "
-                         f"(seeds {r.get('seeds')}) | | | {r.get('samples')} | {r.get('examples')} | "
-                         f"`{r.get('command')}` |" for r in results]
-                continue
-            clean = next(r for r in results if r['name'].startswith('clean'))
-            worst = next(r for r in results if r['name'].startswith('worst'))
-            attacks = '; '.join(f"{r['name'].split(' robust')[0]} ({r.get('protocol')}, {threat_model(r)}) "
-                                f"{_pct(r['value'])}" for r in results if not r['name'].startswith(('clean', 'worst')))
-            eps = next((r['eps'] for r in results if 'eps' in r), None)
-            label += f', eps {format_eps(eps)}' if eps is not None else ''
-            rows.append(f"| {model} | {clean.get('data').split(':')[0]} | {label} | {_pct(clean['value'])} | "
-                        f"{attacks} | **{_pct(worst['value'])}** ({threat_model(worst, results)}) | "
-                        f"{clean.get('samples')} | {clean['examples']} ({clean['repeats']}) | `{clean.get('command')}` |")
+    for name in shipped_weights():
+        model = name + (' (not redistributed)' if conversion(name) else '')
+        metrics = json.loads((SHIPPED_WEIGHTS / name / CONFIG_FILE).read_text()).get('metrics') or {}
+        rows += [f"| {model} | {r['data'].split(':')[0]} | {r['name']} | {_pct(r['value'])} (seeds {r.get('seeds')}) "
+                 f"| | | {r.get('samples')} | {r.get('examples')} | `{r.get('command')}` |"
+                 for r in metrics.get('results', []) if 'protocol_label' not in r]  # each with its data, seeds, command
+        rows += [_report_row(model, row) for row in model_rows(name)]
     return rows
 
 
@@ -174,7 +170,9 @@ def main() -> None:
         "paper's CW and Blind-Spot, unbounded minimal-perturbation attacks); the full settings, seeds, "
         'versions and machine are in each model card (lwta_zoo/weights/<model>/README.md) and in '
         '`lwta_zoo/weights/<model>/eval/*/report.json`. "WRN paper" marks that paper\'s own '
-        'protocol; "adaptive" marks attacks built for stochastic models.', '',
+        'protocol; "adaptive" marks attacks built for stochastic models. `lwta-zoo leaderboard --output DIR` '
+        'renders the same rows (lwta_zoo/leaderboard.py) as a static site: a sortable table per dataset and threat '
+        'model, a plot of clean against worst-case accuracy, a page per model.', '',
         f'lwta_zoo {lwta_zoo.__version__}.', '',
         '## Published weights', '', *_published(), '', *_not_redistributed(),
         'RobustBench names of published weights (`load_model(name, dataset, threat)` finds them through timm): '

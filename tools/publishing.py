@@ -14,15 +14,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from lwta_zoo.attacks.suite import card_results
+from lwta_zoo.attacks.suite import card_results, report_label, sampling_label
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)
-
-
-def sampling_label(eval_tau: Optional[float]) -> str:
-    """How the model samples at test time: exact samples, or the authors' relaxation."""
-    return 'exact samples' if eval_tau is None else f'relaxation at temperature {eval_tau}'
 
 
 def clean_result(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, data: str, eval_tau: Optional[float] = None,
@@ -54,9 +49,9 @@ def report_results(folders: Sequence[Path], data_notes: Optional[Dict[str, str]]
     results = []
     for folder in folders:
         report = json.loads((Path(folder) / 'report.json').read_text())
-        label = f"{sampling_label(report.get('eval_tau'))}, n={report['n']}"
         results += [{**r, 'data': (data_notes or {}).get(r.get('data'), r.get('data')),
-                     'report': f'eval/{Path(folder).name}/report.md'} for r in card_results(report, label)]
+                     'report': f'eval/{Path(folder).name}/report.md'}
+                    for r in card_results(report, report_label(report))]
     return results
 
 

@@ -677,6 +677,16 @@ def _markdown_table_v1(report: Dict[str, Any]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def sampling_label(eval_tau: Optional[float]) -> str:
+    """How the model samples at test time: exact samples, or the authors' relaxation."""
+    return 'exact samples' if eval_tau is None else f'relaxation at temperature {eval_tau}'
+
+
+def report_label(report: Dict[str, Any]) -> str:
+    """The evaluation protocol a report's results are labelled by: sampling and n ('exact samples, n=100')."""
+    return f"{sampling_label(report.get('eval_tau'))}, n={report['n']}"
+
+
 def card_results(report: Dict[str, Any], label: str) -> List[Dict[str, Any]]:
     """The report as model-card results (``lwta_zoo.hub`` metrics): clean, each attack (and its
     parts), the worst case of each threat model.
