@@ -316,11 +316,12 @@ def _attack_columns(board_rows: List[Row]) -> Dict[str, str]:
 
 
 def _board_table(board_rows: List[Row]) -> str:
-    """The board's table: the figures first (clean, the papers' protocol, the worst case, each attack), then
-    what they were measured with and on; each cell's ``data-value`` is what sorting compares."""
+    """The board's table: the figures first (the worst case beside the model, where a phone shows it without
+    scrolling, then clean, the papers' protocol and each attack), then what they were measured with and on;
+    each cell's ``data-value`` is what sorting compares."""
     attacks = _attack_columns(board_rows)
-    heads = ([('#', 'number', 'num'), ('model', 'text', ''), ('clean', 'number', 'num'),
-              ("papers' protocol", 'number', 'num'), ('worst case', 'number', 'num')]
+    heads = ([('#', 'number', 'num'), ('model', 'text', ''), ('worst case', 'number', 'num'),
+              ('clean', 'number', 'num'), ("papers' protocol", 'number', 'num')]
              + [(f'{_e(a)}<small>{_e(protocol)}</small>', 'number', 'num') for a, protocol in attacks.items()]
              + [('n', 'number', 'num'), ('R', 'number', 'num'), ('L', 'number', 'num'), ('architecture', 'text', ''),
                 ('training', 'text', ''), ('command', '', '')])
@@ -343,8 +344,8 @@ def _board_table(board_rows: List[Row]) -> str:
             body.append(f'<tr class="not-evaluated" data-model="{_e(r.model)}">{"".join(cells)}</tr>')
             continue
         by_name = {f.name: f for f in r.attacks}
-        cells = [f'<td class="num" data-value="{i}">{i}</td>', model, _figure_cell(r.clean), _papers_cell(r),
-                 _figure_cell(r.worst, 'num worst'), *(_figure_cell(by_name.get(a)) for a in attacks),
+        cells = [f'<td class="num" data-value="{i}">{i}</td>', model, _figure_cell(r.worst, 'num worst'),
+                 _figure_cell(r.clean), _papers_cell(r), *(_figure_cell(by_name.get(a)) for a in attacks),
                  *(f'<td class="num" data-value="{v}">{v}</td>' for v in (r.n, r.repeats, r.samples)), *about,
                  f'<td><details><summary>command</summary><code>{_e(r.command)}</code></details></td>']
         body.append(f'<tr data-model="{_e(r.model)}" data-report="{_e(r.report)}" '
