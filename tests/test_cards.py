@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 from huggingface_hub import ModelCard
 
 from lwta_zoo import hub
+from lwta_zoo.layers.stochastic import stochastic_modules
 from lwta_zoo.models.small_cnn import smallcnn_mnist_lwta
 from test_hub import put_in_cache, stub_hub  # noqa: F401  (a fixture)
 
@@ -43,7 +45,9 @@ def _usage(text):
 
 
 def test_every_lwta_folder_is_shipped_with_a_card():
-    assert len(SHIPPED) == 5 and all((hub.SHIPPED_WEIGHTS / n / 'README.md').is_file() for n in SHIPPED)
+    folders = sorted(p.name for p in hub.SHIPPED_WEIGHTS.iterdir() if p.is_dir())
+    assert SHIPPED == folders and all(n in timm.list_pretrained() for n in SHIPPED)  # each a registered arch.tag
+    assert all((hub.SHIPPED_WEIGHTS / n / 'README.md').is_file() for n in SHIPPED)
 
 
 @pytest.mark.parametrize('name', SHIPPED)
@@ -52,8 +56,10 @@ def test_shipped_card_and_config_hold_what_a_hub_user_needs(name):
     cfg = config['pretrained_cfg']
     assert card.data.library_name == 'timm' and card.data.pipeline_tag == 'image-classification'
     assert card.data.license == cfg['license']
-    # every LWTA network is tagged, the AISTATS ones (which store `method`, not `act`) included
-    assert ('stochastic-lwta' in card.data.tags) == (not name.endswith('relu_fmnist_pgd'))
+    # every network with stochastic layers is tagged (the AISTATS ones store `method`, not `act`)
+    model = timm.create_model(config['architecture'], **config['model_args'])
+    stochastic = next(stochastic_modules(model), None) is not None
+    assert ('stochastic-lwta' in card.data.tags) == stochastic
     # timm's config.json fields: class names by index, both papers, the source of third-party weights
     assert len(config['label_names']) == config['num_classes'] == 10
     assert set(cfg['paper_ids']) == PAPER_IDS and cfg['paper_name']
@@ -68,7 +74,8 @@ def test_shipped_card_and_config_hold_what_a_hub_user_needs(name):
         assert section in card.text
     bibtex = re.findall(r'```bibtex\n(.*?)\n```', card.text, re.S)
     assert {f"arXiv:{re.search(r'eprint = {(.*?)}', b).group(1)}" for b in bibtex} == PAPER_IDS
-    assert _links(card.text) and all((folder / link).is_file() for link in _links(card.text))
+    links = _links(card.text)  # to its reports, where it has them
+    assert bool(links) == any((folder / 'eval').glob('*/report.md')) and all((folder / x).is_file() for x in links)
     assert 'runs/' not in ''.join(_links(card.text))
 
 
