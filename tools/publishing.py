@@ -56,11 +56,14 @@ def report_results(folders: Sequence[Path], data_notes: Optional[Dict[str, str]]
 
 
 def copy_reports(folders: Sequence[Path], out: Path) -> None:
-    """report.json and report.md of each folder to ``out``/eval/<folder name>/."""
+    """report.json, report.md and the figures (*.png, which the leaderboard's model pages show) of each
+    folder to ``out``/eval/<folder name>/, replacing what a report of that name shipped before."""
     for folder in folders:
         target = out / 'eval' / Path(folder).name
         if target.resolve() == Path(folder).resolve():  # republishing the reports already shipped
             continue
-        target.mkdir(parents=True, exist_ok=True)
-        for file in ('report.json', 'report.md'):
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for file in ['report.json', 'report.md', *sorted(p.name for p in Path(folder).glob('*.png'))]:
             shutil.copy(Path(folder) / file, target / file)
