@@ -23,6 +23,7 @@ COMMANDS = {
     'import': 'lwta_zoo.hub',
     'push': 'lwta_zoo.hub',
     'leaderboard': 'lwta_zoo.leaderboard',
+    'compare': 'lwta_zoo.attacks.compare',
 }
 
 # Numeric options are counts (ints >= 1) or positive finite floats, except these, which may be 0.

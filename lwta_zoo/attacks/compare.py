@@ -1,0 +1,87 @@
+"""``lwta-zoo compare A B``: two models' accuracy on the same examples, paired.
+
+Two reports of ``lwta-zoo eval`` on the same examples (equal indices and data hash) hold, per
+example, whether each model defended it: clean, and in each worst case the candidate the selection
+draws chose, scored by its fresh evaluation draws (report format 2). The difference of two
+accuracies then has an interval from resampling the examples together, much narrower than two
+separate intervals suggest when the models fail on the same hard examples, and the examples only
+one of them defends say where they differ.
+
+    lwta-zoo compare runs/fmnist/relu/eval/suite_n1000 runs/fmnist/lwta/eval/suite_n1000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+from .suite import FORMAT, bootstrap, wilson
+
+
+def read_report(path: str) -> Dict[str, Any]:
+    """report.json at ``path`` (the file or its folder); a report from before per-example worst cases is refused."""
+    file = Path(path) / 'report.json' if Path(path).is_dir() else Path(path)
+    report = json.loads(file.read_text())
+    if report.get('format') != FORMAT:
+        raise ValueError(f'{file} is a report of format {report.get("format", 1)}; comparing needs format {FORMAT} '
+                         '(rerun it with this lwta_zoo)')
+    return report
+
+
+def defended(report: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """Per example, whether the model defended it: 'clean' and each worst case ('Linf@0.1', ...)."""
+    examples = report['per_example']
+    majority = lambda counts: 2 * np.asarray(counts) > report['repeats']  # noqa: E731
+    out = {'clean': majority(examples['evaluation']['clean'])}
+    for key, chosen in examples['chosen'].items():
+        out[key] = majority([examples['evaluation'][c][i] for i, c in enumerate(chosen)])
+    return out
+
+
+def paired(a: Dict[str, Any], b: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """For every figure both reports hold: each model's accuracy (Wilson interval), the difference a - b
+    with a 95% bootstrap interval over the examples resampled together, and the examples only one defends."""
+    if a['indices'] != b['indices'] or a['identity']['data_sha256'] != b['identity']['data_sha256']:
+        raise ValueError('the reports were not measured on the same examples (their indices or data hash differ); '
+                         'give both runs the same --data, --n and --seed')
+    da, db = defended(a), defended(b)
+    rows = []
+    for key in [k for k in da if k in db]:
+        x, y = da[key], db[key]
+        n = len(x)
+        rows.append({'figure': key, 'n': n, 'a': float(x.mean()), 'a_interval': wilson(int(x.sum()), n),
+                     'b': float(y.mean()), 'b_interval': wilson(int(y.sum()), n),
+                     'difference': float(x.mean() - y.mean()),
+                     'difference_interval': bootstrap(x.astype(float) - y.astype(float)),
+                     'only_a': int((x & ~y).sum()), 'only_b': int((~x & y).sum())})
+    return rows
+
+
+def configure_compare(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``lwta-zoo compare``."""
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument('a', help='report.json of model A (or its folder)')
+    parser.add_argument('b', help='report.json of model B (or its folder)')
+    parser.add_argument('--json', action='store_true', help='print the rows as JSON')
+    parser.set_defaults(func=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    a, b = read_report(args.a), read_report(args.b)
+    rows = paired(a, b)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    pct = lambda v: f'{100 * v:.1f}'  # noqa: E731
+    span = lambda i: f'[{pct(i[0])}, {pct(i[1])}]'  # noqa: E731
+    print(f"A: {a['model']}  B: {b['model']}  (the same {rows[0]['n']} examples, R={a['repeats']}/{b['repeats']}, "
+          f"L={a['samples']}/{b['samples']})")
+    for r in rows:
+        print(f"{r['figure']:>12}: A {pct(r['a'])}% {span(r['a_interval'])}, B {pct(r['b'])}% {span(r['b_interval'])}; "
+              f"A - B {100 * r['difference']:+.1f} points {span(r['difference_interval'])} (paired bootstrap); "
+              f"only A defends {r['only_a']}, only B {r['only_b']}")
+    return 0
