@@ -97,14 +97,43 @@ AI float ld(const void *t, int64_t o, int bf16) {
     return c.f;
 }
 
-AI void st(void *t, int64_t o, float v, int bf16) {
-    if (!bf16) {
-        ((float *)t)[o] = v;
-        return;
-    }
+/* The bfloat16 of v in the low 16 bits (32-bit arithmetic throughout: see ld2). */
+AI uint32_t bf16_bits(float v) {
     union { float f; uint32_t u; } c = {v};
     const uint32_t rounded = (c.u + 0x7FFFu + ((c.u >> 16) & 1u)) >> 16;
-    ((uint16_t *)t)[o] = (uint16_t)((c.u & 0x7FFFFFFFu) > 0x7F800000u ? (c.u >> 16) | 0x40u : rounded);
+    return (c.u & 0x7FFFFFFFu) > 0x7F800000u ? (c.u >> 16) | 0x40u : rounded;
+}
+
+AI void st(void *t, int64_t o, float v, int bf16) {
+    if (bf16) ((uint16_t *)t)[o] = (uint16_t)bf16_bits(v);
+    else ((float *)t)[o] = v;
+}
+
+/* Units a and b of a pair, at oa and ob. In channels_last bfloat16 they are adjacent (ob = oa + 1):
+ * one 32-bit word holds both (a in its low half: little-endian), so the loop over a position's
+ * blocks (8 at most) has no 16-bit type: 16-bit lanes would make the vectoriser take 16 blocks a
+ * vector, more than the loop has, and leave it to half-width code. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the bfloat16 pair access assumes a little-endian CPU"
+#endif
+AI void ld2(const void *t, int64_t oa, int64_t ob, int nhwc, int bf16, float *a, float *b) {
+    if (nhwc && bf16) {
+        uint32_t v;
+        __builtin_memcpy(&v, (const uint16_t *)t + oa, sizeof v);
+        union { uint32_t u; float f; } ca = {v << 16}, cb = {v & 0xFFFF0000u};
+        *a = ca.f, *b = cb.f;
+        return;
+    }
+    *a = ld(t, oa, bf16), *b = ld(t, ob, bf16);
+}
+
+AI void st2(void *t, int64_t oa, int64_t ob, float a, float b, int nhwc, int bf16) {
+    if (nhwc && bf16) {
+        const uint32_t v = bf16_bits(a) | bf16_bits(b) << 16;
+        __builtin_memcpy((uint16_t *)t + oa, &v, sizeof v);
+        return;
+    }
+    st(t, oa, a, bf16), st(t, ob, b, bf16);
 }
 
 /* buf[k*TB + o] = unit k of the tile's block o, k < K, from t (element type per bf16). */
@@ -324,10 +353,10 @@ static float kl_sum(const float *restrict h, int64_t U, int n) {
 AI void sample2_run(const void *x, void *y, uint8_t *idx, const geo_t *g, const tile_t *tl, const uint32_t w[4][TQ],
                     const float *u, int save, int nhwc, int bf16) {
     FOR_PAIRS(g, *tl, nhwc, w, u, {
-        const float a = ld(x, oa, bf16), b = ld(x, ob, bf16);
+        float a, b;
+        ld2(x, oa, ob, nhwc, bf16, &a, &b);
         const int win = uu * (1.0f + exp_(b - a)) < 1.0f;
-        st(y, oa, win ? a : 0.0f, bf16);
-        st(y, ob, win ? 0.0f : b, bf16);
+        st2(y, oa, ob, win ? a : 0.0f, win ? 0.0f : b, nhwc, bf16);
         if (save) idx[oj] = (uint8_t)!win;
     })
 }
@@ -344,10 +373,10 @@ AI void sample2_backward_tile(const void *gy, const uint8_t *idx, void *gx, cons
     const uint32_t(*w)[TQ] = 0;
     const float *u = 0;
     FOR_PAIRS(g, *tl, nhwc, w, u, {
-        const float ga = ld(gy, oa, bf16), gb = ld(gy, ob, bf16);
+        float ga, gb;
+        ld2(gy, oa, ob, nhwc, bf16, &ga, &gb);
         const uint8_t second = idx[oj];
-        st(gx, oa, second == 0 ? ga : 0.0f, bf16);
-        st(gx, ob, second == 0 ? 0.0f : gb, bf16);
+        st2(gx, oa, ob, second == 0 ? ga : 0.0f, second == 0 ? 0.0f : gb, nhwc, bf16);
         (void)uu;
     })
 }
@@ -363,16 +392,18 @@ AI float relaxed2_run(const void *x, void *y, float *d, const geo_t *g, const ti
     float acc = 0.0f;
     const float log2 = 0.69314718f;
     FOR_PAIRS(g, *tl, nhwc, w, u, {
-        const float a = ld(x, oa, bf16), b = ld(x, ob, bf16), di = a - b;
-        const float v = di + logf(uu / (1.0f - uu));
+        float a, b;
+        ld2(x, oa, ob, nhwc, bf16, &a, &b);
+        const float di = a - b, v = di + logf(uu / (1.0f - uu));
         const float wa = hard ? (float)(v > 0.0f) : sigmoidf_(v * inv_tau);
-        st(y, oa, a * wa, bf16);
-        st(y, ob, b * (1.0f - wa), bf16);
+        st2(y, oa, ob, a * wa, b * (1.0f - wa), nhwc, bf16);
         if (save) d[oj] = di;
     })
     if (want_kl) { /* a loop of its own, so that y's loop is the same code with and without it */
         FOR_PAIRS(g, *tl, nhwc, w, u, {
-            const float di = fabsf(ld(x, oa, bf16) - ld(x, ob, bf16)), e = expf(-di);
+            float a, b;
+            ld2(x, oa, ob, nhwc, bf16, &a, &b);
+            const float di = fabsf(a - b), e = expf(-di);
             acc += log2 - e / (1.0f + e) * di - logf(1.0f + e);
             (void)oj, (void)uu;
         })
@@ -398,12 +429,13 @@ AI void relaxed2_backward_tile(const void *gy, const void *y, const float *d, vo
     FOR_PAIRS(g, *tl, nhwc, w, u, {
         const float di = d[oj], v = di + logf(uu / (1.0f - uu)); /* as in the forward */
         const float s = sigmoidf_(v * inv_tau), wa = hard ? (float)(v > 0.0f) : s;
-        const float ga = ld(gy, oa, bf16), gb = ld(gy, ob, bf16);
-        const float b = ld(y, oa, bf16) + ld(y, ob, bf16) - di * wa, a = b + di;
+        float ga, gb, ya, yb;
+        ld2(gy, oa, ob, nhwc, bf16, &ga, &gb);
+        ld2(y, oa, ob, nhwc, bf16, &ya, &yb);
+        const float b = ya + yb - di * wa, a = b + di;
         const float s0 = sigmoidf_(di);
         const float t = (ga * a - gb * b) * s * (1.0f - s) * inv_tau + kl_scale * di * s0 * (1.0f - s0);
-        st(gx, oa, ga * wa + t, bf16);
-        st(gx, ob, gb * (1.0f - wa) - t, bf16);
+        st2(gx, oa, ob, ga * wa + t, gb * (1.0f - wa) - t, nhwc, bf16);
     })
 }
 
