@@ -204,7 +204,7 @@ def main() -> None:
     p.add_argument('--eval-commands', action='store_true', help='print the eval commands of the reports and stop')
     p.add_argument('--shipped', action='store_true',
                    help='update the shipped folders in place: clean rows measured again, reports from <run>/eval')
-    args = p.parse_args()
+    args = p.parse_intermixed_args()  # KEYs before or after the flags, as the README writes them
     family = FAMILIES[args.family]
     unknown = set(args.keys) - set(family.models)
     if unknown:
