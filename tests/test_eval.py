@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import lwta_zoo
 from lwta_zoo.attacks import input_gradient, pgd
 from lwta_zoo.attacks.autoattack import apgd
+from lwta_zoo.attacks.cw import cw_l2
 from lwta_zoo.attacks.command import configure_eval, load_data, load_model
 from lwta_zoo.attacks.suite import evaluate, pgd_attack, select, suite
 from lwta_zoo.hub import save_pretrained
@@ -145,6 +146,21 @@ def test_report_of_a_deterministic_model_is_the_old_rule_exactly(relu_model, tmp
     assert report['attacks']['aistats_cw']['median_l2'] > 0
     table = (tmp_path / 'report.md').read_text()
     assert '| **worst case** |' in table and f"{100 * report['clean_accuracy']:.1f} [" in table
+
+
+def test_attacks_neither_train_nor_freeze_the_model(relu_model):
+    """CW's backward differentiates its own variable only, and the suite runs attacks with the
+    parameters out of autograd (a third of a conv net's attack step), then restores them."""
+    model = copy.deepcopy(relu_model)
+    for p in model.parameters():
+        p.grad = None
+    x, y = _task(8, 7)
+    cw_l2(model, x, y, steps=5, binary_search_steps=2)
+    assert all(p.grad is None for p in model.parameters())
+    attacks = [pgd_attack('pgd', 'adaptive', eps=0.1, step_size=0.05, steps=2),
+               *select(suite(cw_steps=5, cw_binary_steps=2), ['aistats_cw'])]
+    evaluate(model, x, y, attacks, repeats=1, batch_size=8, random_inputs=0, progress=False)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
 
 def test_report_of_a_stochastic_model_is_deterministic_given_the_seed(relu_model):

@@ -59,7 +59,7 @@ def cw_l2(
                 l2 = (x_adv - x).flatten(1).pow(2).sum(1)
                 loss = (l2 + const * (real - other + confidence).clamp(min=0)).sum()
                 optimizer.zero_grad()
-                loss.backward()
+                loss.backward(inputs=[w])  # not into the model's parameters
                 optimizer.step()
                 with torch.no_grad():
                     success = real + confidence < other

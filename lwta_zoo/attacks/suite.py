@@ -57,7 +57,7 @@ from ..machine import environment
 from ..sampling import folded_forward
 from .autoattack import apgd, autoattack
 from .cw import blind_spot, cw_l2
-from .pgd import gradient_surrogate, input_gradient, pgd
+from .pgd import frozen_parameters, gradient_surrogate, input_gradient, pgd
 
 AttackOutput = Union[torch.Tensor, Dict[str, torch.Tensor]]
 AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], AttackOutput]
@@ -404,7 +404,8 @@ def evaluate(
         xb, yb = x[s:s + batch_size].to(device), y[s:s + batch_size].to(device)
         torch.manual_seed(batch_seed(seed, name, s))
         t0 = time.time()
-        out = attack.run(model, xb, yb, batch_seed(seed, name, s)) if attack else xb
+        with frozen_parameters(model):
+            out = attack.run(model, xb, yb, batch_seed(seed, name, s)) if attack else xb
         origin = attack.origin(xb) if attack and attack.origin else xb
         state['batches'].setdefault(name, {})[str(s)] = {
             part: {**score(model, x_adv.detach(), yb, repeats), **distances(x_adv.detach(), xb, origin)}
