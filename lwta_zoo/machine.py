@@ -31,6 +31,19 @@ def gpu() -> Optional[Dict[str, Any]]:
     return {'name': p.name, 'memory_gib': round(p.total_memory / 2 ** 30, 1), 'capability': f'{p.major}.{p.minor}'}
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 autocast runs natively: on a CPU, oneDNN needs AVX512-BF16 or AMX (without
+    them it emulates bf16, about 10x slower than float32 on an AVX2 EPYC); CUDA devices since Ampere."""
+    if device.type == 'cuda':
+        return torch.cuda.is_bf16_supported()
+    if device.type != 'cpu':
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
 def environment() -> Dict[str, Any]:
     """Versions of the libraries a result depends on, and the machine with the threads torch uses now."""
     import pyautoattack
@@ -41,5 +54,6 @@ def environment() -> Dict[str, Any]:
         'versions': {'python': sys.version.split()[0], 'torch': torch.__version__, 'timm': timm.__version__,
                      'pyautoattack': pyautoattack.__version__, 'numpy': np.__version__, 'lwta_zoo': __version__},
         'machine': {'platform': platform.platform(), 'processor': cpu_model(), 'cpus': os.cpu_count(),
-                    'torch_threads': torch.get_num_threads(), 'cuda': gpu()},
+                    'torch_threads': torch.get_num_threads(), 'cpu_bf16': native_bf16(torch.device('cpu')),
+                    'cuda': gpu()},
     }

@@ -47,16 +47,19 @@ from .attacks.pgd import pgd
 from .data import augment_batch, dataset_info, load_dataset
 from .checkpoint import flatten, load_state, save_state
 from .layers.stochastic import kl_divergence
-from .machine import environment
+from .machine import cpu_model, environment, native_bf16
 from .recipe import Recipe, RecipeError, load_recipe
 from .runs import RunFolderError, check_identity, claim, run_identity
 from .sampling import set_samples
 
 CHECKPOINT = 'checkpoint.safetensors'
 # recipe keys a resumed run may change: the machine's threads (results may differ in the last bits),
-# checkpoint timing, where the data lies (the checkpoint's data identity checks what it holds) and the
-# description (prose; the settings are the keys)
-RESOURCE_KEYS = ('train.threads', 'train.checkpoint_minutes', 'data.root', 'description')
+# its arithmetic (bf16 autocast and channels_last: a run that moves to a CPU without native bf16 goes on
+# in float32 rather than 10x slower; every (re)start's record in metrics.jsonl says which), checkpoint
+# timing, where the data lies (the checkpoint's data identity checks what it holds) and the description
+# (prose; the settings are the keys)
+RESOURCE_KEYS = ('train.threads', 'train.bf16', 'train.channels_last', 'train.checkpoint_minutes', 'data.root',
+                 'description')
 
 
 def elbo_loss(logits: torch.Tensor, y: torch.Tensor, model: nn.Module, n_train: int,
@@ -182,6 +185,10 @@ class Trainer:
             torch.set_num_threads(t.threads)
         self.dist = Distributed(t.device)
         self.device = self.dist.device
+        if t.bf16 and not native_bf16(self.device):
+            warnings.warn(f'train.bf16: this {self.device.type} has no native bfloat16 ({cpu_model()}); autocast '
+                          'emulates it, about 10x slower than float32 here: train.bf16=false trains faster '
+                          '(a resumed run may change it)', stacklevel=2)
         self.info = dataset_info(recipe.data.name)
         # Data first: a missing dataset fails before the model is built.
         d = recipe.data
@@ -393,7 +400,8 @@ class Trainer:
         stopped = bool(self.guard_best and self.guard_best.get('stopped_after_epoch'))
         # Where each (re)started piece of the run trains, for the card's record of the training cost.
         self._log({'step': self.step, 'start': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-                   'processes': self.dist.world, **environment()})
+                   'processes': self.dist.world, 'bf16': t.bf16, 'channels_last': t.channels_last,
+                   **environment()})
         while self.epoch < t.epochs and not stopped:
             self.ddp.train()
             bar = tqdm(self._batches(), total=self.steps_per_epoch, initial=self.step_in_epoch,

@@ -5,6 +5,7 @@ Tiny synthetic runs (tests/test_train.py's data and recipe) on one CPU thread.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import List
 
@@ -89,20 +90,38 @@ def test_guard_restores_the_best_epoch_and_stops_on_a_collapse(data_root: Path, 
 
 
 def test_resume_may_change_threads_but_not_the_run(data_root: Path, tmp_path: Path) -> None:
-    """Long runs move between machines: threads, the data's folder and the description may change;
-    the rest is the run (and the data's content is checked by the checkpoint's identity)."""
-    Trainer(recipe_from_dict(tiny_recipe(data_root, adversary=FGSM_RS)), tmp_path / 'run', max_steps=3).fit()
+    """Long runs move between machines: threads, the arithmetic (bf16, channels_last), the data's
+    folder and the description may change, and each (re)start's log record says which arithmetic
+    it ran; the rest is the run (and the data's content is checked by the checkpoint's identity)."""
+    Trainer(recipe_from_dict(tiny_recipe(data_root, adversary=FGSM_RS, train={'bf16': True})), tmp_path / 'run',
+            max_steps=3).fit()
     moved = tmp_path / 'moved'  # the same data in another folder, and a reworded description
     moved.mkdir()
     for f in data_root.iterdir():
         (moved / f.name).write_bytes(f.read_bytes())
-    resumed = Trainer(recipe_from_dict({**tiny_recipe(moved, adversary=FGSM_RS, train={'threads': 2}),
-                                        'description': 'reworded'}), tmp_path / 'run', resume=True)
-    torch.set_num_threads(1)  # the suite's setting (conftest)
+    arithmetic = {'threads': 2, 'bf16': False, 'channels_last': True}
+    resumed = Trainer(recipe_from_dict({**tiny_recipe(moved, adversary=FGSM_RS, train=arithmetic),
+                                        'description': 'reworded'}), tmp_path / 'run', resume=True, max_steps=4)
     assert resumed.step == 3
+    resumed.fit()
+    torch.set_num_threads(1)  # the suite's setting (conftest)
+    starts = [r for r in read_log(tmp_path / 'run') if 'start' in r]
+    assert [(r['step'], r['bf16'], r['channels_last']) for r in starts] == [(0, True, False), (3, False, True)]
     with pytest.raises(RecipeError, match='adversary.step_size'):
         Trainer(recipe_from_dict(tiny_recipe(data_root, adversary={**FGSM_RS, 'step_size': 0.1})), tmp_path / 'run',
                 resume=True)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(data_root: Path, tmp_path: Path, monkeypatch) -> None:
+    """Emulated bf16 autocast is about 10x slower than float32: the user hears it, with the remedy."""
+    import lwta_zoo.train
+    monkeypatch.setattr(lwta_zoo.train, 'native_bf16', lambda device: False)
+    with pytest.warns(UserWarning, match='train.bf16=false'):
+        Trainer(recipe_from_dict(tiny_recipe(data_root, train={'bf16': True})), tmp_path / 'emulated')
+    monkeypatch.setattr(lwta_zoo.train, 'native_bf16', lambda device: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        Trainer(recipe_from_dict(tiny_recipe(data_root, train={'bf16': True})), tmp_path / 'native')
 
 
 def test_resume_accepts_a_checkpoint_written_before_a_recipe_key_existed(data_root: Path, tmp_path: Path) -> None:

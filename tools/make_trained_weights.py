@@ -111,16 +111,20 @@ def training_cost(log: List[Dict[str, Any]], steps_trained: int) -> Dict[str, An
     last = {math.ceil(r['epoch']): r['sec_per_step'] for r in records}  # epoch e holds (e - 1, e]
     seconds = sum(sec * min(per_epoch, steps_trained - (e - 1) * per_epoch) for e, sec in last.items())
     machines = sorted({f"{r['machine']['processor']}, {r['machine']['cpus']} CPUs, "
-                       f"{r['machine']['torch_threads']} torch thread(s)" for r in log if 'start' in r})
+                       f"{r['machine']['torch_threads']} torch thread(s)"
+                       + ('' if 'bf16' not in r else ', bf16 autocast' if r['bf16'] else ', float32')
+                       for r in log if 'start' in r})
     return {'train_step_hours': round(seconds / 3600, 2), 'machines': machines or None}
 
 
 def training_provenance(family: Family, run: Path, key: str) -> Dict[str, Any]:
     """How the weights were trained: the command, steps, cost and the run's own final evaluation."""
     log = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines() if line.strip()]
+    recipe = json.loads((run / 'export' / 'config.json').read_text())['recipe']
+    # (re)starts logged before the records said their arithmetic ran the recipe's
+    log = [{'bf16': recipe['train'].get('bf16', False), **r} if 'start' in r else r for r in log]
     speeds = [r['sec_per_step'] for r in log if 'sec_per_step' in r]
     final = json.loads((run / 'final_metrics.json').read_text())
-    recipe = json.loads((run / 'export' / 'config.json').read_text())['recipe']
     command = f'lwta-zoo train {family.recipe.format(key=key)} {family.train_args} --output {family.run.format(key=key)}'
     return {
         'summary': (f'Trained by this repo: `{command}` ({recipe["description"].strip()}) {family.machine}; the '
