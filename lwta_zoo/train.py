@@ -17,8 +17,9 @@ Outputs in the run folder: ``recipe.yaml``, ``checkpoint.safetensors``, ``metric
 ``final_metrics.json``, ``export/`` (model.safetensors + config.json + README.md), and
 ``tensorboard/`` if asked for. A folder holds one run (``lwta_zoo.runs``): another run is refused
 unless resumed (same recipe, data and library version) or ``--overwrite``, and a lock file keeps
-a second process out. Checkpoints come every ``train.checkpoint_minutes`` of training too, and
-training stops, keeping the last checkpoint, as soon as the weights stop being finite.
+a second process out. Checkpoints come every ``train.checkpoint_minutes`` of training too; SIGTERM
+or SIGINT stops the run after its current step with a checkpoint of that step (exit status 128 +
+the signal), and training stops, keeping the last checkpoint, as soon as the weights stop being finite.
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -127,6 +130,40 @@ class Distributed:
 
 class TrainingDiverged(ValueError):
     """The weights stopped being finite; the message names the step, the loss and the checkpoint kept."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the run after a step, with a checkpoint of that step: nothing lost."""
+
+    def __init__(self, signum: int, step: int, output: Path):
+        self.signum = signum
+        super().__init__(f'stopped by {signal.Signals(signum).name} after step {step}, checkpoint saved; '
+                         f'--resume --output {output} continues from there')
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[List[int]]:
+    """While training, SIGTERM and SIGINT (unless ignored, as in a shell's background job) ask for a stop
+    after the current step: the list collects their numbers. A second signal acts as it would have."""
+    received: List[int] = []
+    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread
+        yield received
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def request(signum: int, frame: Any) -> None:
+        received.append(signum)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    for s, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, request)
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _finite(model: nn.Module) -> bool:
@@ -402,6 +439,27 @@ class Trainer:
         self._log({'step': self.step, 'start': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
                    'processes': self.dist.world, 'bf16': t.bf16, 'channels_last': t.channels_last,
                    **environment()})
+        with _stop_requests() as signals:
+            stopped, interrupted = self._train_epochs(stopped, acc_key, signals)
+        if interrupted:
+            raise TrainingInterrupted(signals[0] if signals else signal.SIGTERM, self.step, self.output)  # rank 0's
+        metrics = self.evaluate()
+        self._log({'step': self.step, 'epoch': self.epoch + self.step_in_epoch / self.steps_per_epoch, **metrics,
+                   'final': True})
+        if self.dist.main:
+            self._export(metrics)
+            if self.lock is not None:  # the run is done: the folder is free
+                self.lock.release()
+        self.dist.barrier()
+        if self.writer is not None:
+            self.writer.close()
+        return metrics
+
+    def _train_epochs(self, stopped: bool, acc_key: str, signals: List[int]) -> Tuple[bool, bool]:
+        """The epochs from where the run stands, checkpointing as it goes; returns (stopped, interrupted):
+        stopped early (guard, ``max_steps``) and stopped by a signal (``_stop_requests``)."""
+        t = self.r.train
+        interrupted = False
         while self.epoch < t.epochs and not stopped:
             self.ddp.train()
             bar = tqdm(self._batches(), total=self.steps_per_epoch, initial=self.step_in_epoch,
@@ -433,6 +491,9 @@ class Trainer:
                 if self.max_steps is not None and self.step >= self.max_steps:
                     stopped = True
                     break
+                if self.dist.agree(bool(signals)):
+                    stopped = interrupted = True
+                    break
                 due = bool(t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.dist.agree(
                     bool(t.checkpoint_minutes) and time.monotonic() - self.saved_at >= 60 * t.checkpoint_minutes)
                 if due and self.step_in_epoch < self.steps_per_epoch:
@@ -448,17 +509,7 @@ class Trainer:
             if not last and self.r.eval.every and self.epoch % self.r.eval.every == 0:
                 self._log({'step': self.step, 'epoch': self.epoch, **self.evaluate()})
             self.save_checkpoint()
-        metrics = self.evaluate()
-        self._log({'step': self.step, 'epoch': self.epoch + self.step_in_epoch / self.steps_per_epoch, **metrics,
-                   'final': True})
-        if self.dist.main:
-            self._export(metrics)
-            if self.lock is not None:  # the run is done: the folder is free
-                self.lock.release()
-        self.dist.barrier()
-        if self.writer is not None:
-            self.writer.close()
-        return metrics
+        return stopped, interrupted
 
     # ------------------------------------------------------------------ catastrophic-overfitting guard
     def _guard_examples(self) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -587,7 +638,11 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f'data.root={args.data_dir}')
     recipe = load_recipe(args.recipe, overrides)
     output = args.output or Path('runs') / Path(args.recipe).stem
-    train(recipe, output, resume=args.resume, max_steps=args.max_steps, overwrite=args.overwrite)
+    try:
+        train(recipe, output, resume=args.resume, max_steps=args.max_steps, overwrite=args.overwrite)
+    except TrainingInterrupted as e:
+        print(f'lwta-zoo train: {e}', file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 

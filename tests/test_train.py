@@ -185,6 +185,42 @@ def test_resume_after_sigkill_gives_identical_weights(data_root: Path, tmp_path:
     assert all(r['machine']['cpus'] == os.cpu_count() and r['versions']['torch'] == torch.__version__ for r in starts)
 
 
+def test_sigterm_stops_after_the_step_with_its_checkpoint(data_root: Path, tmp_path: Path) -> None:
+    """A polite stop (SIGTERM, as a machine being shut down sends) loses nothing: the run checkpoints the
+    step it finished, says so, exits 128 + 15, and --resume ends where an uninterrupted run ends."""
+    tree = tiny_recipe(data_root, train={'checkpoint_minutes': 0})  # no checkpoint but the one the signal asks for
+    recipe_file = tmp_path / 'recipe.yaml'
+    recipe_file.write_text(yaml.safe_dump(tree))
+    stopped = tmp_path / 'stopped'
+    proc = subprocess.Popen([sys.executable, '-m', 'lwta_zoo.train', str(recipe_file), '--output', str(stopped)],
+                            env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    steps_per_epoch = N_TRAIN // 8
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:  # stop it a few steps into the second epoch
+        log = stopped / 'metrics.jsonl'
+        if log.is_file() and any(json.loads(ln).get('step', 0) >= steps_per_epoch + 2
+                                 for ln in log.read_text().splitlines()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f'the run ended before it could be stopped: {proc.stderr.read().decode()[-2000:]}'
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
+    assert 'stopped by SIGTERM' in err.decode() and '--resume' in err.decode()
+    state = load_state(stopped / 'checkpoint.safetensors')
+    logged = max(r['step'] for r in read_log(stopped) if 'loss' in r)
+    assert state['step'] == logged > steps_per_epoch  # the last step done is in the checkpoint
+    assert not (stopped / 'export').exists()
+
+    recipe = load_recipe(recipe_file)
+    train(recipe, stopped, resume=True)
+    train(recipe, tmp_path / 'straight')
+    resumed = load_state(stopped / 'checkpoint.safetensors')
+    straight = load_state(tmp_path / 'straight' / 'checkpoint.safetensors')
+    for k, v in straight['model'].items():
+        assert torch.equal(v, resumed['model'][k]), k
+
+
 def test_ddp_two_gloo_processes_train_and_write_one_checkpoint(data_root: Path, tmp_path: Path) -> None:
     recipe_file = tmp_path / 'recipe.yaml'
     recipe_file.write_text(yaml.safe_dump(tiny_recipe(data_root, train={'epochs': 1})))
