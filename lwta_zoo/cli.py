@@ -91,6 +91,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, unknown = build_parser().parse_known_args(argv)
     prog = f'lwta-zoo {args.command}'
+    if hasattr(args, 'overrides'):  # recipe key=value after an option (argparse takes them only before)
+        args.overrides = [*args.overrides, *(u for u in unknown if '=' in u and not u.startswith('-'))]
+        unknown = [u for u in unknown if u not in args.overrides]
     if unknown:  # argparse would blame the top-level parser; the subcommand is the one that has no such option
         print(f'{prog}: error: unrecognized arguments: {" ".join(unknown)}', file=sys.stderr)
         return 2

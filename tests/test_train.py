@@ -258,6 +258,10 @@ def test_bad_recipes_fail_before_any_work(data_root: Path, tmp_path: Path, capsy
         load_recipe(bad_file)
     assert main([str(bad_file), '--output', str(tmp_path / 'run')]) == 2  # the CLI: a message, exit status 2
     assert "'extra'" in capsys.readouterr().err
+    good_file = tmp_path / 'good.yaml'
+    good_file.write_text(yaml.safe_dump(good))  # key=value after an option is an override too, checked as such
+    assert main([str(good_file), '--output', str(tmp_path / 'run'), 'train.epoch=3']) == 2
+    assert "unknown recipe key(s) ['train.epoch']" in capsys.readouterr().err
     # A dataset that is not there: the error names where it looked, and nothing is written.
     missing = recipe_from_dict(good, ['data.name=cifar10', f'data.root={tmp_path / "nowhere"}'])
     with pytest.raises(DatasetNotFound, match='nowhere'):
