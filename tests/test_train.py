@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 import pytest
@@ -148,36 +149,46 @@ def _env(tmp_path: Path) -> dict:
             'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')])}
 
 
-def test_resume_after_sigkill_gives_identical_weights(data_root: Path, tmp_path: Path) -> None:
-    tree = tiny_recipe(data_root, train={'checkpoint_every': 2},
-                       adversary={'method': 'pgd', 'eps': 0.1, 'step_size': 0.05, 'steps': 1})
+def _signal_mid_run(tree: dict, tmp_path: Path, signum: int) -> Tuple[Path, Path, int, str]:
+    """Start ``lwta-zoo train`` on ``tree`` in a subprocess and send it ``signum`` a few steps into
+    its second epoch; returns the recipe file, the run folder, the exit status and stderr."""
     recipe_file = tmp_path / 'recipe.yaml'
     recipe_file.write_text(yaml.safe_dump(tree))
-    killed = tmp_path / 'killed'
-    proc = subprocess.Popen([sys.executable, '-m', 'lwta_zoo.train', str(recipe_file), '--output', str(killed)],
+    run = tmp_path / 'signalled'
+    proc = subprocess.Popen([sys.executable, '-m', 'lwta_zoo.train', str(recipe_file), '--output', str(run)],
                             env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    steps_per_epoch = N_TRAIN // 8
     deadline = time.time() + 90
-    while time.time() < deadline and proc.poll() is None:  # kill it a few steps into the second epoch
-        log = killed / 'metrics.jsonl'
-        if log.is_file() and any(json.loads(ln).get('step', 0) >= steps_per_epoch + 3
+    while time.time() < deadline and proc.poll() is None:
+        log = run / 'metrics.jsonl'
+        if log.is_file() and any(json.loads(ln).get('step', 0) >= N_TRAIN // 8 + 3
                                  for ln in log.read_text().splitlines()):
             break
         time.sleep(0.02)
-    assert proc.poll() is None, f'the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}'
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    state = load_state(killed / 'checkpoint.safetensors')
-    assert 0 < state['step_in_epoch'] < steps_per_epoch and state['epoch'] == 1  # a mid-epoch checkpoint
+    assert proc.poll() is None, f'the run ended before the signal: {proc.stderr.read().decode()[-2000:]}'
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    return recipe_file, run, proc.returncode, err.decode()
 
+
+def _resumes_to_the_uninterrupted_run(recipe_file: Path, run: Path, tmp_path: Path) -> None:
     recipe = load_recipe(recipe_file)
-    train(recipe, killed, resume=True)
+    train(recipe, run, resume=True)
     train(recipe, tmp_path / 'straight')
-    resumed = load_state(killed / 'checkpoint.safetensors')
+    resumed = load_state(run / 'checkpoint.safetensors')
     straight = load_state(tmp_path / 'straight' / 'checkpoint.safetensors')
-    assert resumed['step'] == straight['step'] == 2 * steps_per_epoch
+    assert resumed['step'] == straight['step'] == 2 * (N_TRAIN // 8)
     for k, v in straight['model'].items():
         assert torch.equal(v, resumed['model'][k]), k
+
+
+def test_resume_after_sigkill_gives_identical_weights(data_root: Path, tmp_path: Path) -> None:
+    tree = tiny_recipe(data_root, train={'checkpoint_every': 2},
+                       adversary={'method': 'pgd', 'eps': 0.1, 'step_size': 0.05, 'steps': 1})
+    recipe_file, killed, _, _ = _signal_mid_run(tree, tmp_path, signal.SIGKILL)
+    steps_per_epoch = N_TRAIN // 8
+    state = load_state(killed / 'checkpoint.safetensors')
+    assert 0 < state['step_in_epoch'] < steps_per_epoch and state['epoch'] == 1  # a mid-epoch checkpoint
+    _resumes_to_the_uninterrupted_run(recipe_file, killed, tmp_path)
     # The metrics log has each step once, as if the run had never been killed, and says where each piece ran.
     assert [r['step'] for r in read_log(killed) if 'loss' in r] == list(range(1, 2 * steps_per_epoch + 1))
     starts = [r for r in read_log(killed) if 'start' in r]
@@ -189,36 +200,14 @@ def test_sigterm_stops_after_the_step_with_its_checkpoint(data_root: Path, tmp_p
     """A polite stop (SIGTERM, as a machine being shut down sends) loses nothing: the run checkpoints the
     step it finished, says so, exits 128 + 15, and --resume ends where an uninterrupted run ends."""
     tree = tiny_recipe(data_root, train={'checkpoint_minutes': 0})  # no checkpoint but the one the signal asks for
-    recipe_file = tmp_path / 'recipe.yaml'
-    recipe_file.write_text(yaml.safe_dump(tree))
-    stopped = tmp_path / 'stopped'
-    proc = subprocess.Popen([sys.executable, '-m', 'lwta_zoo.train', str(recipe_file), '--output', str(stopped)],
-                            env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    steps_per_epoch = N_TRAIN // 8
-    deadline = time.time() + 90
-    while time.time() < deadline and proc.poll() is None:  # stop it a few steps into the second epoch
-        log = stopped / 'metrics.jsonl'
-        if log.is_file() and any(json.loads(ln).get('step', 0) >= steps_per_epoch + 2
-                                 for ln in log.read_text().splitlines()):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, f'the run ended before it could be stopped: {proc.stderr.read().decode()[-2000:]}'
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
-    assert 'stopped by SIGTERM' in err.decode() and '--resume' in err.decode()
+    recipe_file, stopped, status, err = _signal_mid_run(tree, tmp_path, signal.SIGTERM)
+    assert status == 128 + signal.SIGTERM, err[-2000:]
+    assert 'stopped by SIGTERM' in err and '--resume' in err
     state = load_state(stopped / 'checkpoint.safetensors')
     logged = max(r['step'] for r in read_log(stopped) if 'loss' in r)
-    assert state['step'] == logged > steps_per_epoch  # the last step done is in the checkpoint
+    assert state['step'] == logged > N_TRAIN // 8  # the last step done is in the checkpoint
     assert not (stopped / 'export').exists()
-
-    recipe = load_recipe(recipe_file)
-    train(recipe, stopped, resume=True)
-    train(recipe, tmp_path / 'straight')
-    resumed = load_state(stopped / 'checkpoint.safetensors')
-    straight = load_state(tmp_path / 'straight' / 'checkpoint.safetensors')
-    for k, v in straight['model'].items():
-        assert torch.equal(v, resumed['model'][k]), k
+    _resumes_to_the_uninterrupted_run(recipe_file, stopped, tmp_path)
 
 
 def test_ddp_two_gloo_processes_train_and_write_one_checkpoint(data_root: Path, tmp_path: Path) -> None:
