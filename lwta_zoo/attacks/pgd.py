@@ -56,7 +56,7 @@ def gradient_surrogate(model: nn.Module, gradient: str) -> Iterator[None]:
 @contextmanager
 def frozen_parameters(model: nn.Module) -> Iterator[None]:
     """Parameters out of autograd while attacks run: backward passes (CW's, FAB's) then skip the
-    weight gradients they would compute and leave in ``.grad``, a third of a conv net's attack step;
+    weight gradients they would compute and leave in ``.grad``, about a quarter of a conv net's attack step;
     input gradients are unchanged. Restores each parameter's ``requires_grad``."""
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
