@@ -59,7 +59,10 @@ def test_rows_hold_the_figures_of_every_shipped_report():
 
 def test_model_cards_md_lists_the_same_rows():
     """MODEL_CARDS.md (tools/make_model_cards.py) renders the leaderboard's rows: as committed, it holds each
-    row's figures (after new reports ship, rerun the tool)."""
+    row's figures, each with its 95% interval where the report has one (after new reports ship, rerun the tool)."""
+    def interval(fig):
+        return f' [{100 * fig.interval[0]:.1f}, {100 * fig.interval[1]:.1f}]' if fig.interval else ''
+
     lines = (Path(__file__).resolve().parents[1] / 'MODEL_CARDS.md').read_text().splitlines()
     for row in leaderboard.rows():
         mine = [line for line in lines if line.startswith(f'| {row.model}')]
@@ -67,8 +70,11 @@ def test_model_cards_md_lists_the_same_rows():
             assert any('| not evaluated |' in line for line in mine)
             continue
         (line,) = [line for line in mine if f'`{row.command}`' in line and f'({row.threat_model}) |' in line]
-        assert f'| {100 * row.clean.value:.1f} |' in line and f'**{100 * row.worst.value:.1f}**' in line
-        assert all(f'{f.name} ({f.protocol}, {f.threat_model}) {100 * f.value:.1f}' in line for f in row.attacks)
+        assert f'| {100 * row.clean.value:.1f}{interval(row.clean)} |' in line
+        assert (row.worst.interval is None) == ('previous rule (no intervals) |' in line)
+        assert f'**{100 * row.worst.value:.1f}**{interval(row.worst)} ({row.threat_model})' in line
+        assert all(f'{f.name} ({f.protocol}, {f.threat_model}) {100 * f.value:.1f}{interval(f)}' in line
+                   for f in row.attacks)
 
 
 def test_a_model_without_a_report_is_not_evaluated(monkeypatch, tmp_path):

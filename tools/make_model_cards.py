@@ -28,7 +28,7 @@ from lwta_zoo.hub import (
     CARD_FILE, CONFIG_FILE, SHIPPED_WEIGHTS, WEIGHTS_FILE, conversion, format_eps, load_pretrained, save_pretrained,
     shipped_weights,
 )
-from lwta_zoo.leaderboard import Row, model_rows, report_folders
+from lwta_zoo.leaderboard import Figure, Row, model_rows, report_folders
 from lwta_zoo.models import zoo_model_names
 from lwta_zoo.recipe import load_recipe
 from publishing import report_results
@@ -104,14 +104,22 @@ def _pct(v: Any) -> str:
     return f'{100 * v:.1f}' if isinstance(v, (int, float)) else ''
 
 
+def _interval(fig: Figure) -> str:
+    """' [lo, hi]', the figure's 95% interval; '' in a report of format 1 (the previous rule), which has none."""
+    return f' [{_pct(fig.interval[0])}, {_pct(fig.interval[1])}]' if fig.interval else ''
+
+
 def _report_row(model: str, row: Row) -> str:
     """A leaderboard row (lwta_zoo.leaderboard: one report, one threat model) as a row of the table."""
     if row.report is None:
         return f'| {model} | {row.dataset} | not evaluated | | | | | | |'
-    attacks = '; '.join(f'{f.name} ({f.protocol}, {f.threat_model}) {_pct(f.value)}' for f in row.attacks)
+    attacks = '; '.join(f'{f.name} ({f.protocol}, {f.threat_model}) {_pct(f.value)}{_interval(f)}'
+                        for f in row.attacks)
     label = row.protocol + (f', eps {format_eps(row.eps)}' if row.eps is not None else '')
-    return (f'| {model} | {row.data} | {label} | {_pct(row.clean.value)} | {attacks} | **{_pct(row.worst.value)}** '
-            f'({row.threat_model}) | {row.samples} | {row.n} ({row.repeats}) | `{row.command}` |')
+    label += '' if row.worst.interval else ', previous rule (no intervals)'
+    return (f'| {model} | {row.data} | {label} | {_pct(row.clean.value)}{_interval(row.clean)} | {attacks} | '
+            f'**{_pct(row.worst.value)}**{_interval(row.worst)} ({row.threat_model}) | {row.samples} | '
+            f'{row.n} ({row.repeats}) | `{row.command}` |')
 
 
 def _published() -> List[str]:
@@ -163,9 +171,13 @@ def main() -> None:
         '# Model cards', '',
         '<!-- written by `python tools/make_model_cards.py`; edit the tool, not this file -->', '',
         'Every figure below was measured by the command in its row, on the data it names, and is rerun '
-        'by that command. Robust accuracy: an adversarial input counts as defended when the stochastic '
-        'model classifies it correctly in a majority of R fresh predictions (clean inputs too); the '
-        "worst case is per example over every attack in the row, with the threat models it spans. Each "
+        'by that command. Robust accuracy (reports of format 2, README "Evaluating a stochastic model"): '
+        "per example, R fresh predictions of every candidate (the clean input and each attack's outputs "
+        'inside the threat model) select the worst one, and R further independent predictions score it: '
+        'defended when a majority are correct. The worst case is per example over every attack in the row, '
+        'within one threat model; each figure carries its 95% interval (Wilson) and the row its n. A report '
+        'of format 1 (the previous rule: the same draws select and score, which noise biases low) says '
+        '"previous rule" and has no intervals. Each '
         "attack names its threat model: Linf at the eps the protocol column names, or L2 (the AISTATS "
         "paper's CW and Blind-Spot, unbounded minimal-perturbation attacks); the full settings, seeds, "
         'versions and machine are in each model card (lwta_zoo/weights/<model>/README.md) and in '
