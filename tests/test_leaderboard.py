@@ -163,10 +163,14 @@ def _requests(driver):
 
 
 def _open(driver, page: Path, width: int, height: int):
+    from selenium.webdriver.support.ui import WebDriverWait
+
     driver.execute_cdp_cmd('Emulation.setDeviceMetricsOverride',
                            {'width': width, 'height': height, 'deviceScaleFactor': 1, 'mobile': width < 600})
     driver.get(page.as_uri())
-    assert driver.execute_script('return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)')
+    # every image loads (waited for: a loaded machine may decode them after the load event); a broken one times out
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+        'return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)'), f'an image of {page}')
     # the page fits the width (a wide table scrolls inside its own box)
     assert driver.execute_script('return document.documentElement.scrollWidth') <= width, (page, width)
 
