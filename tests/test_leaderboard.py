@@ -54,7 +54,12 @@ def test_rows_hold_the_figures_of_every_shipped_report():
                 assert {f.name: f.value for f in row.attacks if not f.part_of} == attacks
                 assert (row.n, row.repeats, row.command) == (report['n'], report['repeats'], report['command'])
                 papers = [v for a, v in attacks.items() if report['attacks'][a]['protocol'] != 'adaptive']
-                assert row.papers.value == min(papers) and row.worst.value <= row.papers.value
+                assert row.papers.value == min(papers)
+                # the previous rule (format 1) ANDs the attacks, so its worst case is at most each; the estimator
+                # scores the worst candidate with fresh draws, so noise may lift it a little above the weakest
+                # attack's own figure, never by more than its interval
+                assert row.worst.value <= row.papers.value or (
+                    report.get('format', 1) >= 2 and row.worst.interval[0] <= row.papers.value)
 
 
 def test_model_cards_md_lists_the_same_rows():
