@@ -135,6 +135,28 @@ def test_a_report_with_two_threat_models_gives_a_row_on_each_board(monkeypatch, 
     assert (page.parent / 'eval' / 'two_threats' / 'robust_vs_eps.png').read_bytes() == b'a plot'
 
 
+def test_a_report_of_the_previous_rule_gives_one_row_without_intervals(monkeypatch, tmp_path):
+    """A report of format 1 (tests/data: the ReLU model's papers report before its re-run) took one worst case over
+    its L-inf and L2 attacks: one row on a joined board, at its attacks' L-inf budget, with no interval, and said so."""
+    weights = tmp_path / 'weights'
+    shutil.copytree(hub.SHIPPED_WEIGHTS, weights, copy_function=os.symlink)
+    old = json.loads((Path(__file__).parent / 'data' / 'report_format1.json').read_text())
+    name = 'aistats_softmax_mnist.relu_fmnist_pgd'
+    (weights / name / 'eval' / 'old').mkdir()
+    (weights / name / 'eval' / 'old' / 'report.json').write_text(json.dumps(old))
+    monkeypatch.setattr(hub, 'SHIPPED_WEIGHTS', weights)
+    (row,) = [r for r in leaderboard.model_rows(name) if r.report == 'eval/old']
+    assert (row.threat_model, row.eps, row.clean.value, row.worst.value) == ('L2+Linf', 0.1, old['clean_accuracy'],
+                                                                            old['worst_case_accuracy'])
+    assert row.worst.interval is None and row.clean.interval is None
+    assert {f.name: f.value for f in row.attacks} == {a: v['robust_accuracy'] for a, v in old['attacks'].items()}
+    leaderboard.write_site(tmp_path / 'site')
+    board = next(p.read_text() for p in (tmp_path / 'site').glob('*.html') if 'data-report="eval/old"' in p.read_text()
+                 and '<tr' in p.read_text() and 'l2-linf' in p.name)
+    assert 'These reports (format 1) take one worst case over attacks of several threat models' in board
+    assert 'no interval in this report (format 1)' in board
+
+
 def test_the_command_fails_on_one_line(tmp_path, capsys):
     (tmp_path / 'taken').write_text('a file, not a folder')
     assert main(['leaderboard', '--output', str(tmp_path / 'taken')]) == 2
