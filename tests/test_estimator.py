@@ -13,7 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy.stats import chi2_contingency
 
+import lwta_zoo
 from lwta_zoo import hub
+from lwta_zoo.attacks.pgd import gradient_surrogate
 from lwta_zoo.attacks.autoattack import apgd_every_example, autoattack
 from lwta_zoo.attacks.cw import cw_l2
 from lwta_zoo.attacks.suite import (card_results, evaluate, markdown_table, null_attack, score, select, suite,
@@ -129,6 +131,32 @@ def test_cw_at_its_default_budget_fools_an_undefended_network():
     x_adv = cw.run(model, x, y, 0)
     assert (model(x_adv).argmax(1) != y).float().mean() >= 0.75
     assert (model(cw_l2(model, x, y, steps=100, binary_search_steps=5)).argmax(1) == y).float().mean() >= 0.75
+
+
+def test_cw_on_the_mean_surrogate_is_not_stopped_by_noise():
+    """CW's success test trusts one forward: on a stochastic model (the MLP converted to LWTA) it keeps inputs that
+    noise misclassified once, which the noise-free surrogate and fresh predictions still classify correctly. The
+    suite's adaptive L2 attack, cw_mean, runs CW on the mean surrogate: what it returns, the surrogate misclassifies,
+    and fresh stochastic predictions mostly do too."""
+    relu, x, y = _saturated_mlp()
+    model = lwta_zoo.convert(relu).eval()
+    attack = select(suite('mnist'), ['cw_mean'])[0]
+    assert (attack.protocol, attack.threat_model, attack.settings['gradient']) == ('adaptive', 'L2', 'mean')
+    assert (attack.settings['steps'], attack.settings['binary_search_steps']) == (1000, 10)
+    assert {'cw_mean'} <= {a.name for a in select(suite('mnist'), preset='adaptive')}
+    outputs = {}
+    for gradient in ('model', 'mean'):  # a larger lr than the suite's, so that 100 x 5 steps reach the boundary
+        torch.manual_seed(0)
+        outputs[gradient] = cw_l2(model, x, y, steps=100, binary_search_steps=5, lr=0.01, gradient=gradient)
+    with torch.no_grad(), gradient_surrogate(model, 'mean'):
+        surrogate_correct = {g: model(x_adv).argmax(1) == y for g, x_adv in outputs.items()}
+    fresh = {g: torch.tensor(score(model, x_adv, y, repeats=5)['ev']) for g, x_adv in outputs.items()}
+    moved = (outputs['mean'] - x).flatten(1).norm(dim=1) > 0
+    assert moved.all() and not surrogate_correct['mean'].any()
+    assert surrogate_correct['model'].float().mean() >= 0.5, 'CW on the model stops where noise fooled it once'
+    assert (fresh['mean'] >= 3).sum() < (fresh['model'] >= 3).sum()
+    with pytest.raises(ValueError, match='not .eot.'):
+        cw_l2(model, x, y, steps=1, gradient='eot')
 
 
 def test_autoattack_attacks_every_example_and_reports_its_parts():

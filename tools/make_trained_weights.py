@@ -78,7 +78,10 @@ FAMILIES = {
             # binary-search steps, which fools undefended networks. LWTA models predict with L=1 here, as
             # in the reports these replace: at their default L=5 every step costs five forwards, and CW
             # and Blind-Spot alone would take about ten hours of a core per model
-            'papers_n100': '--n 100 --preset papers --batch-size 100' + ('' if key == 'relu' else ' --samples 1')}),
+            'papers_n100': '--n 100 --preset papers --batch-size 100' + ('' if key == 'relu' else ' --samples 1'),
+            # CW on the mean surrogate, the adaptive L2 attack, on the papers' 100 examples at their L=1 (for the
+            # deterministic ReLU network it is the papers' CW, already in papers_n100)
+            **({} if key == 'relu' else {'cw_mean_n100': '--n 100 --attacks cw_mean --batch-size 100 --samples 1'})}),
     'cifar10_wrn34_1': Family(
         dataset='cifar10', dataset_name='CIFAR-10',
         models={'relu': 'wrn34_1.cifar10_nfgsm', 'lwta': 'wrn34_1_lwta.cifar10_nfgsm',

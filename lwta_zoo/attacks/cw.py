@@ -9,6 +9,12 @@ returns the smallest adversarial input it found, or ``x`` itself where it found 
 The Blind-Spot Attack (Zhang et al. 2019) runs CW from the scaled input. Verma & Swami's
 code scales images centred on zero (pixels in [-0.5, 0.5]), i.e. ``alpha * (x - 0.5) + 0.5``
 here, which is what ``blind_spot`` does.
+
+On a stochastic model CW's stopping rule trusts one sampled forward: it keeps the first input that
+sampling noise alone misclassifies once, often a hair from ``x``, which fresh predictions then
+classify correctly. ``gradient='mean'`` (the suite's adaptive ``cw_mean``) runs CW on the
+deterministic expected-output surrogate instead (``lwta_zoo.attacks.pgd.gradient_surrogate``), so
+both its gradient and its success test are noise-free.
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .pgd import gradient_surrogate
 
 
 def cw_l2(
@@ -30,8 +38,15 @@ def cw_l2(
     initial_const: float = 1e-2,
     confidence: float = 0.0,
     abort_early: bool = True,
+    gradient: str = 'model',
 ) -> torch.Tensor:
-    """Untargeted CW-L2 on inputs in [0, 1]; returns the smallest-L2 adversarial per example (or x)."""
+    """Untargeted CW-L2 on inputs in [0, 1]; returns the smallest-L2 adversarial per example (or x).
+
+    ``gradient``: the model as it is, or its 'mean' / 'max' / 'ste' surrogate (see ``pgd``), for
+    both the gradient and the success test; 'eot' is refused (one success test needs one forward).
+    """
+    if gradient == 'eot':
+        raise ValueError("cw_l2 takes gradient 'model', 'mean', 'max' or 'ste', not 'eot'")
     if steps < 1 or binary_search_steps < 1 or lr <= 0 or initial_const <= 0:
         raise ValueError(f'need steps, binary_search_steps >= 1 and lr, initial_const > 0; got '
                          f'{steps}, {binary_search_steps}, {lr}, {initial_const}')
@@ -43,7 +58,7 @@ def cw_l2(
     best, best_l2 = x.clone(), torch.full_like(const, math.inf)
     check_every = max(steps // 10, 1)
     one_hot = None
-    with torch.enable_grad():
+    with torch.enable_grad(), gradient_surrogate(model, gradient):
         for _ in range(binary_search_steps):
             w = w0.clone().requires_grad_(True)
             optimizer = torch.optim.Adam([w], lr=lr)

@@ -182,10 +182,11 @@ def suite(
         return pgd_attack(name, 'adaptive', eps=e, step_size=2.5 * e / adaptive_steps, steps=adaptive_steps,
                           gradient=gradient, eot_samples=eot_samples, presets=presets)
 
-    def l2(name: str, fn: Callable[..., torch.Tensor], origin=None, **settings) -> Attack:
-        return Attack(name, 'AISTATS paper', dict(attack=fn.__name__, **settings, **cw),
+    def l2(name: str, fn: Callable[..., torch.Tensor], origin=None, protocol: str = 'AISTATS paper',
+           presets: tuple = papers, **settings) -> Attack:
+        return Attack(name, protocol, dict(attack=fn.__name__, **settings, **cw),
                       _unseeded(fn, **settings, **cw), threat_model='L2', cost=cw_steps * cw_binary_steps,
-                      presets=papers, origin=origin)
+                      presets=presets, origin=origin)
 
     attacks = [
         pgd_attack('pgd20', 'WRN paper', eps=eps, step_size=p['pgd_step'], steps=20,
@@ -203,6 +204,7 @@ def suite(
                    presets=papers),
         l2('aistats_cw', cw_l2),
         l2('aistats_blind_spot', blind_spot, origin=lambda x: 0.8 * (x - 0.5) + 0.5, alpha=0.8),
+        l2('cw_mean', cw_l2, protocol='adaptive', presets=adaptive_, gradient='mean'),
         adaptive('eot_pgd', eps, 'eot'),
         adaptive('pgd_mean', eps, 'mean', strongest),
         adaptive('pgd_max', eps, 'max'),
