@@ -47,6 +47,7 @@ class Figure:
     protocol: Optional[str] = None  # an attack's: 'WRN paper', 'AISTATS paper' or 'adaptive'
     threat_model: Optional[str] = None  # 'Linf', 'L2', or joined ('L2+Linf') for a worst case of format 1
     part_of: Optional[str] = None  # the attack a part belongs to
+    median_l2: Optional[float] = None  # an L2 attack's median distance over the adversarials it found
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def _figure(result: Dict[str, Any], results: List[Dict[str, Any]], name: str) ->
     interval = result.get('interval')
     return Figure(name=name, value=result['value'], interval=tuple(interval) if interval else None,
                   protocol=result.get('protocol'), threat_model=hub.threat_model(result, results),
-                  part_of=result.get('part_of'))
+                  part_of=result.get('part_of'), median_l2=result.get('median_l2'))
 
 
 def model_rows(name: str) -> List[Row]:

@@ -114,7 +114,7 @@ def _report_row(model: str, row: Row) -> str:
     if row.report is None:
         return f'| {model} | {row.dataset} | not evaluated | | | | | | |'
     attacks = '; '.join(f'{f.name} ({f.protocol}, {f.threat_model}) {_pct(f.value)}{_interval(f)}'
-                        for f in row.attacks)
+                        + (f' at median L2 {f.median_l2:.3g}' if f.median_l2 is not None else '') for f in row.attacks)
     label = row.protocol + (f', eps {format_eps(row.eps)}' if row.eps is not None else '')
     label += '' if row.worst.interval else ', previous rule (no intervals)'
     return (f'| {model} | {row.data} | {label} | {_pct(row.clean.value)}{_interval(row.clean)} | {attacks} | '
