@@ -5,7 +5,9 @@ A session here ends after 3 hours and the next may start on a fresh machine, so 
     python tools/runs_in_progress.py save      # then commit runs_in_progress/
 
 copies into runs_in_progress/<same path>: the latest checkpoint, recipe.yaml and metrics.jsonl of
-every training run not yet exported; the partial/ of every evaluation not yet finished; and every
+every training run not yet exported; the export/, metrics.jsonl, recipe.yaml and final_metrics.json of
+every exported run whose weights are not yet published in lwta_zoo/weights/ (what
+tools/make_trained_weights.py reads); the partial/ of every evaluation not yet finished; and every
 finished report (report.json, report.md, figures) not yet published beside the weights in
 lwta_zoo/weights/. What was saved before is replaced, so the folder holds just what is unfinished.
 The next session restores it and resumes each run with ``--resume``:
@@ -18,13 +20,28 @@ import shutil
 from pathlib import Path
 from typing import List
 
+import torch
+from safetensors.torch import load_file
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS, SAVED, PUBLISHED = ROOT / 'runs', ROOT / 'runs_in_progress', ROOT / 'lwta_zoo' / 'weights'
 TRAINING_FILES = ('checkpoint.safetensors', 'recipe.yaml', 'metrics.jsonl')
+EXPORTED_FILES = ('export', 'recipe.yaml', 'metrics.jsonl', 'final_metrics.json')
 
 
 def _published(report: Path) -> bool:
     return any(filecmp.cmp(report, p, shallow=False) for p in PUBLISHED.glob(f'*/eval/{report.parent.name}/report.json'))
+
+
+def _weights_published(export: Path) -> bool:
+    """Whether some folder in lwta_zoo/weights/ holds the export's tensors (publishing rewrites the file,
+    so the bytes differ)."""
+    weights = load_file(export / 'model.safetensors')
+    for path in PUBLISHED.glob('*/model.safetensors'):
+        published = load_file(path)
+        if published.keys() == weights.keys() and all(torch.equal(published[k], weights[k]) for k in weights):
+            return True
+    return False
 
 
 def unfinished(runs: Path = RUNS) -> List[Path]:
@@ -33,6 +50,9 @@ def unfinished(runs: Path = RUNS) -> List[Path]:
     for checkpoint in sorted(runs.rglob('checkpoint.safetensors')):
         if not (checkpoint.parent / 'export').is_dir():
             keep += [checkpoint.parent / f for f in TRAINING_FILES if (checkpoint.parent / f).is_file()]
+    for export in sorted(runs.rglob('export')):
+        if (export / 'model.safetensors').is_file() and not _weights_published(export):
+            keep += [export.parent / f for f in EXPORTED_FILES if (export.parent / f).exists()]
     for partial in sorted(runs.rglob('partial')):
         if partial.is_dir() and not (partial.parent / 'report.json').is_file():
             keep.append(partial)

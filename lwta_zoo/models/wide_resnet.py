@@ -112,15 +112,16 @@ _ARCHS = {'wrn34_1': (34, 1), 'wrn34_5': (34, 5), 'wrn34_10': (34, 10), 'wrn28_1
 # Published weights are the default of their architecture (its untagged cfg is left out): the WRN paper
 # authors' checkpoint for wrn34_1_lwta (converted by tools/make_authors_weights.py), and the
 # runs of recipes/cifar10_wrn34_1_*_fast.yaml (tools/make_trained_weights.py), in lwta_zoo/weights/.
-TRAINED = ['wrn34_1.cifar10_nfgsm']
+# timm's default tag is an architecture's first cfg, so the authors' entry comes before the zoo's own.
+TRAINED = ['wrn34_1.cifar10_nfgsm', 'wrn34_1_lwta.cifar10_nfgsm']
 default_cfgs = generate_default_cfgs({
-    **{name: _wrn_cfg(name) for name in TRAINED},
-    **{name + suffix: _wrn_cfg(name + suffix) for name in _ARCHS for suffix in ('', '_lwta')
-       if name + suffix not in ('wrn34_1_lwta', 'wrn34_1')},
     'wrn34_1_lwta.authors_pgd': _wrn_cfg(
         'wrn34_1_lwta.authors_pgd', license='unknown',
         origin_url='https://github.com/konpanousis/Adversarial-LWTA-AutoAttack',
         paper_name='Stochastic Local Winner-Takes-All Networks Enable Profound Adversarial Robustness'),
+    **{name: _wrn_cfg(name) for name in TRAINED},
+    **{name + suffix: _wrn_cfg(name + suffix) for name in _ARCHS for suffix in ('', '_lwta')
+       if name + suffix not in ('wrn34_1_lwta', 'wrn34_1')},
 })
 
 
