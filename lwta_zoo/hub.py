@@ -473,14 +473,18 @@ def report_folder(result: Dict[str, Any]) -> Optional[str]:
 
 
 def _subset(result: Dict[str, Any], metrics: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
-    """The model-index ``config`` (data source and n) and ``args`` of the examples a result was measured on."""
+    """The model-index ``config`` (data source, report and n) and ``args`` of the examples a result was measured
+    on. A report's examples get a config of their own: the Hub groups results by config and keeps only the
+    first one's args, which would give a report's results another subset's (or report's) indices."""
     data = str(result.get('data') or metrics['dataset'])
     source = data.split(':')[0]
     n = result.get('examples')
-    config = (Path(source).stem if source.endswith('.npz') else metrics['dataset']) + (f'-n{n}' if n else '')
+    folder = report_folder(result)
+    config = ((Path(source).stem if source.endswith('.npz') else metrics['dataset'])
+              + (f'-{Path(folder).name}' if folder else '') + (f'-n{n}' if n else ''))
     args = {'data': data, 'n': n}
-    if report_folder(result):
-        args['indices'] = f'{report_folder(result)}/report.json'
+    if folder:
+        args['indices'] = f'{folder}/report.json'
     return config, args
 
 

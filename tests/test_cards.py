@@ -117,16 +117,20 @@ def test_authors_card_states_recipe_hardware_and_unknown_licence():
 @pytest.mark.parametrize('name', SHIPPED)
 def test_model_index_tells_robust_from_clean_with_threat_model_budget_and_subset(name):
     _, card, config = _card(name)
-    results = card.data.eval_results
-    assert len(results) == len(config['metrics']['results'])
-    for r, row in zip(results, config['metrics']['results']):
+    results, rows = card.data.eval_results, config['metrics']['results']
+    assert len(results) == len(rows)
+    # the card's model-index groups results by subset (huggingface_hub keeps the first appearance's order)
+    subsets = [(row['data'], row['examples'], hub.report_folder(row)) for row in rows]
+    rows = [rows[i] for i in sorted(range(len(rows)), key=lambda i: (subsets.index(subsets[i]), i))]
+    for r, row in zip(results, rows):
         args = r.metric_args
         robust = 'clean' not in r.metric_name
         assert r.metric_type == ('robust_accuracy' if robust else 'accuracy')
         assert ('threat_model' in args) == robust and args['n'] == r.dataset_args['n'] == row['examples']
         assert r.dataset_config.endswith(f"-n{row['examples']}") and r.dataset_args['data'] == row['data']
         if 'report' in row:  # from an lwta-zoo eval report: R, L and the sampling protocol travel
-            assert {'R', 'L', 'eval_tau'} <= set(args) and r.dataset_args['indices'].startswith('eval/')
+            assert {'R', 'L', 'eval_tau'} <= set(args)
+            assert r.dataset_args['indices'] == f'{hub.report_folder(row)}/report.json'
         if args.get('attack') in hub.L2_ATTACKS:
             assert args['threat_model'] == 'L2' and 'eps' not in args
         elif robust and 'over' not in args:
