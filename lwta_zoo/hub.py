@@ -597,8 +597,8 @@ def _training(recipe: Optional[Dict[str, Any]], provenance: Dict[str, Any]) -> O
                 'each epoch is dropped)'
     per_step, hours = provenance.get('seconds_per_step_median'), provenance.get('train_step_hours')
     if hours:
-        text += (f'; {hours:.1f} h of training steps (the mean time per step the run logged in each epoch, times '
-                 "the epoch's steps; the per-epoch checks not counted)")
+        text += (f'; {hours:.1f} h of training steps (the mean time per step the run logged, times the steps, '
+                 'for each epoch or the part of one between restarts; the per-epoch checks not counted)')
     elif per_step:
         text += (f'; about {steps * per_step / 60:.0f} min of training ({steps} x the median {per_step} s per step '
                  'the run logged; its total time was not recorded)')

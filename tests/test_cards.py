@@ -92,6 +92,10 @@ def test_trained_cards_state_the_steps_that_ran_and_the_training_time(name):
     if 'train_step_hours' in provenance:  # the cost and the machines, from the run's log
         assert f"{provenance['train_step_hours']:.1f} h of training steps" in card.text
         assert provenance['machines'] and all(m in card.text for m in provenance['machines'])
+        per_machine = [re.search(r'\((\d+\.\d) h\)$', m) for m in provenance['machines']]
+        if all(per_machine):  # the hours on each machine setting add up to the whole (to rounding)
+            total = sum(float(h[1]) for h in per_machine)
+            assert abs(total - provenance['train_step_hours']) <= 0.05 * len(per_machine)
     else:  # runs from before the log recorded machines
         per_step = provenance['seconds_per_step_median']
         assert f'about {steps * per_step / 60:.0f} min of training' in card.text

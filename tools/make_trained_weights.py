@@ -103,23 +103,34 @@ FAMILIES = {
 
 
 def training_cost(log: List[Dict[str, Any]], steps_trained: int) -> Dict[str, Any]:
-    """Hours of training steps and the machines they ran on, from a run's metrics.jsonl records.
+    """Hours of training steps, in all and on each machine setting, from a run's metrics.jsonl records.
 
-    A step record's ``sec_per_step`` is the mean since its epoch (re)started; the last one of each
-    epoch, times the epoch's steps, summed over epochs. The per-epoch guard and the monitoring
+    A step record's ``sec_per_step`` is the mean since its epoch (re)started, so an epoch splits into
+    pieces at the (re)starts: each piece's last record times its steps (to the next (re)start or the
+    epoch's end), on the machine setting its (re)start logged. The per-epoch guard and the monitoring
     evaluations are not in it.
     """
     records = [r for r in log if 'sec_per_step' in r]
     if not records:
         return {}
     per_epoch = round(records[0]['step'] / records[0]['epoch'])  # step = epoch x steps per epoch
-    last = {math.ceil(r['epoch']): r['sec_per_step'] for r in records}  # epoch e holds (e - 1, e]
-    seconds = sum(sec * min(per_epoch, steps_trained - (e - 1) * per_epoch) for e, sec in last.items())
-    machines = sorted({f"{r['machine']['processor']}, {r['machine']['cpus']} CPUs, "
+    pieces: Dict[Tuple[int, int], Tuple[float, str]] = {}  # (epoch, step of its (re)start): rate, machine
+    machine, started = 'unknown', 0
+    for r in log:
+        if 'start' in r:
+            machine = (f"{r['machine']['processor']}, {r['machine']['cpus']} CPUs, "
                        f"{r['machine']['torch_threads']} torch thread(s)"
-                       + ('' if 'bf16' not in r else ', bf16 autocast' if r['bf16'] else ', float32')
-                       for r in log if 'start' in r})
-    return {'train_step_hours': round(seconds / 3600, 2), 'machines': machines or None}
+                       + ('' if 'bf16' not in r else ', bf16 autocast' if r['bf16'] else ', float32'))
+            started = r['step']
+        elif 'sec_per_step' in r:
+            epoch = math.ceil(r['epoch'])  # epoch e holds steps (e - 1, e] x per_epoch
+            pieces[epoch, max(started, (epoch - 1) * per_epoch)] = r['sec_per_step'], machine
+    hours: Dict[str, float] = {}
+    for (epoch, begin), (sec, where) in pieces.items():
+        end = min([b for e, b in pieces if e == epoch and b > begin] + [epoch * per_epoch, steps_trained])
+        hours[where] = hours.get(where, 0.0) + sec * (end - begin) / 3600
+    return {'train_step_hours': round(sum(hours.values()), 2),
+            'machines': [f'{where} ({h:.1f} h)' for where, h in sorted(hours.items())]}
 
 
 def training_provenance(family: Family, run: Path, key: str) -> Dict[str, Any]:
