@@ -20,8 +20,7 @@ import shutil
 from pathlib import Path
 from typing import List
 
-import torch
-from safetensors.torch import load_file
+from lwta_zoo.hub import tensors_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS, SAVED, PUBLISHED = ROOT / 'runs', ROOT / 'runs_in_progress', ROOT / 'lwta_zoo' / 'weights'
@@ -34,14 +33,10 @@ def _published(report: Path) -> bool:
 
 
 def _weights_published(export: Path) -> bool:
-    """Whether some folder in lwta_zoo/weights/ holds the export's tensors (publishing rewrites the file,
-    so the bytes differ)."""
-    weights = load_file(export / 'model.safetensors')
-    for path in PUBLISHED.glob('*/model.safetensors'):
-        published = load_file(path)
-        if published.keys() == weights.keys() and all(torch.equal(published[k], weights[k]) for k in weights):
-            return True
-    return False
+    """Whether some folder in lwta_zoo/weights/ holds the export's tensors (publishing rewrites the file's
+    metadata, so the tensors are compared, not the bytes)."""
+    tensors = tensors_sha256(export / 'model.safetensors')
+    return any(tensors_sha256(p) == tensors for p in PUBLISHED.glob('*/model.safetensors'))
 
 
 def unfinished(runs: Path = RUNS) -> List[Path]:
