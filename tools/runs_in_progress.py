@@ -39,19 +39,19 @@ def _weights_published(export: Path) -> bool:
     return any(tensors_sha256(p) == tensors for p in PUBLISHED.glob('*/model.safetensors'))
 
 
-def unfinished(runs: Path = RUNS) -> List[Path]:
-    """The files and folders under ``runs`` that another session needs to finish the work."""
+def unfinished() -> List[Path]:
+    """The files and folders under runs/ that another session needs to finish the work."""
     keep: List[Path] = []
-    for checkpoint in sorted(runs.rglob('checkpoint.safetensors')):
+    for checkpoint in sorted(RUNS.rglob('checkpoint.safetensors')):
         if not (checkpoint.parent / 'export').is_dir():
             keep += [checkpoint.parent / f for f in TRAINING_FILES if (checkpoint.parent / f).is_file()]
-    for export in sorted(runs.rglob('export')):
+    for export in sorted(RUNS.rglob('export')):
         if (export / 'model.safetensors').is_file() and not _weights_published(export):
             keep += [export.parent / f for f in EXPORTED_FILES if (export.parent / f).exists()]
-    for partial in sorted(runs.rglob('partial')):
+    for partial in sorted(RUNS.rglob('partial')):
         if partial.is_dir() and not (partial.parent / 'report.json').is_file():
             keep.append(partial)
-    for report in sorted(runs.rglob('report.json')):
+    for report in sorted(RUNS.rglob('report.json')):
         if not _published(report):
             keep += sorted(p for p in report.parent.iterdir() if p.is_file())
     return keep
