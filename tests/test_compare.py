@@ -8,11 +8,12 @@ from lwta_zoo.attacks.compare import defended, paired
 from lwta_zoo.cli import main
 
 
-def _report(clean, worst_counts, chosen, *, indices=(3, 5, 8, 13), data='d' * 64, fmt=2) -> dict:
+def _report(clean, worst_counts, chosen, *, indices=(3, 5, 8, 13), data='d' * 64, fmt=2, labels=None) -> dict:
     """A format-2 report of R=5 on four examples: evaluation counts per candidate and the worst case's choice."""
     return {'format': fmt, 'model': 'm', 'repeats': 5, 'samples': 1, 'indices': list(indices),
-            'identity': {'data_sha256': data},
-            'per_example': {'evaluation': {'clean': clean, 'pgd20': worst_counts, 'pgd_mean': [0, 0, 0, 0]},
+            'identity': {'data_sha256': data, 'data': 'test.npz'},
+            'per_example': {'label': labels or [i % 10 for i in indices],
+                            'evaluation': {'clean': clean, 'pgd20': worst_counts, 'pgd_mean': [0] * len(clean)},
                             'chosen': {'Linf@0.1': chosen}}}
 
 
@@ -38,6 +39,19 @@ def test_paired_difference_counts_the_examples_only_one_model_defends():
     assert same['difference'] == 0 and same['difference_interval'] == [0.0, 0.0] and same['only_a'] == 0
 
 
+def test_a_report_on_a_subset_pairs_on_the_examples_both_hold():
+    """A seeded subset (its own data hash) pairs with the full run by index: here examples 13 and 5, in the
+    subset's own order, against A's fourth and second."""
+    subset = _report([5, 0], [5, 5], ['pgd20', 'pgd20'], indices=(13, 5), data='s' * 64)
+    clean, worst = paired(A, subset)
+    assert clean['n'] == worst['n'] == 2
+    assert (clean['a'], clean['b'], clean['only_a'], clean['only_b']) == (0.5, 0.5, 1, 1)  # 13: B only; 5: A only
+    assert (worst['a'], worst['b'], worst['only_b']) == (0.5, 1.0, 1)
+    relabelled = _report([5, 0], [5, 5], ['pgd20', 'pgd20'], indices=(13, 5), data='s' * 64, labels=[0, 0])
+    with pytest.raises(ValueError, match='same examples'):
+        paired(A, relabelled)   # the same indices of other data
+
+
 def _write(tmp_path: Path, name: str, report: dict) -> str:
     (tmp_path / name).mkdir()
     (tmp_path / name / 'report.json').write_text(json.dumps(report))
@@ -49,7 +63,7 @@ def test_the_command_prints_the_pairs_and_refuses_other_examples_or_old_reports(
     assert main(['compare', a, b, '--json']) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r['figure'] for r in rows] == ['clean', 'Linf@0.1']
-    for other, why in ((_report([5] * 4, [5] * 4, ['pgd20'] * 4, indices=(1, 2, 3, 4)), 'same examples'),
+    for other, why in ((_report([5] * 4, [5] * 4, ['pgd20'] * 4, indices=(1, 2, 4, 6)), 'same examples'),
                        (_report([5] * 4, [5] * 4, ['pgd20'] * 4, data='e' * 64), 'same examples'),
                        (_report([5] * 4, [5] * 4, ['pgd20'] * 4, fmt=1), 'format 1')):
         path = _write(tmp_path, f'other{len(list(tmp_path.iterdir()))}', other)

@@ -1,11 +1,13 @@
-"""``lwta-zoo compare A B``: two models' accuracy on the same examples, paired.
+"""``lwta-zoo compare A B``: two models' (or two evaluations') accuracy on the same examples, paired.
 
-Two reports of ``lwta-zoo eval`` on the same examples (equal indices and data hash) hold, per
-example, whether each model defended it: clean, and in each worst case the candidate the selection
+Two reports of ``lwta-zoo eval`` of the same data (equal data hash) hold, per example, whether each
+model defended it: clean, and in each worst case the candidate the selection
 draws chose, scored by its fresh evaluation draws (report format 2). The difference of two
 accuracies then has an interval from resampling the examples together, much narrower than two
 separate intervals suggest when the models fail on the same hard examples, and the examples only
-one of them defends say where they differ.
+one of them defends say where they differ. The pairs are the examples both reports hold (their
+common indices), so a report on a seeded subset pairs with one on all the examples: one model's
+suite against its AutoAttack run on 200 of the same 1,000, say.
 
     lwta-zoo compare runs/fmnist/relu/eval/suite_n1000 runs/fmnist/lwta/eval/suite_n1000
 """
@@ -32,7 +34,8 @@ def read_report(path: str) -> Dict[str, Any]:
 
 
 def defended(report: Dict[str, Any]) -> Dict[str, np.ndarray]:
-    """Per example, whether the model defended it: 'clean' and each worst case ('Linf@0.1', ...)."""
+    """Per example (in the order of ``report['indices']``), whether the model defended it: 'clean' and each
+    worst case ('Linf@0.1', ...)."""
     examples = report['per_example']
     majority = lambda counts: 2 * np.asarray(counts) > report['repeats']  # noqa: E731
     out = {'clean': majority(examples['evaluation']['clean'])}
@@ -42,15 +45,22 @@ def defended(report: Dict[str, Any]) -> Dict[str, np.ndarray]:
 
 
 def paired(a: Dict[str, Any], b: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """For every figure both reports hold: each model's accuracy (Wilson interval), the difference a - b
-    with a 95% bootstrap interval over the examples resampled together, and the examples only one defends."""
-    if a['indices'] != b['indices'] or a['identity']['data_sha256'] != b['identity']['data_sha256']:
-        raise ValueError('the reports were not measured on the same examples (their indices or data hash differ); '
-                         'give both runs the same --data, --n and --seed')
+    """For every figure both reports hold, on the examples both hold: each model's accuracy (Wilson interval),
+    the difference a - b with a 95% bootstrap interval over the examples resampled together, and the examples
+    only one defends."""
+    common = sorted(set(a['indices']) & set(b['indices']))
+    rows_a = np.array([a['indices'].index(i) for i in common], dtype=int)
+    rows_b = np.array([b['indices'].index(i) for i in common], dtype=int)
+    labels = [np.asarray(r['per_example']['label'])[rows] for r, rows in ((a, rows_a), (b, rows_b))]
+    same = (a['identity']['data_sha256'] == b['identity']['data_sha256'] if a['indices'] == b['indices'] else
+            a['identity']['data'] == b['identity']['data'] and np.array_equal(*labels))  # a subset hashes its own
+    if not common or not same:
+        raise ValueError('the reports were not measured on the same examples (their data differs or they share '
+                         'no index); give both runs the same --data and --seed')
     da, db = defended(a), defended(b)
     rows = []
     for key in [k for k in da if k in db]:
-        x, y = da[key], db[key]
+        x, y = da[key][rows_a], db[key][rows_b]
         n = len(x)
         rows.append({'figure': key, 'n': n, 'a': float(x.mean()), 'a_interval': wilson(int(x.sum()), n),
                      'b': float(y.mean()), 'b_interval': wilson(int(y.sum()), n),
@@ -78,8 +88,9 @@ def run_compare(args: argparse.Namespace) -> int:
         return 0
     pct = lambda v: f'{100 * v:.1f}'  # noqa: E731
     span = lambda i: f'[{pct(i[0])}, {pct(i[1])}]'  # noqa: E731
-    print(f"A: {a['model']}  B: {b['model']}  (the same {rows[0]['n']} examples, R={a['repeats']}/{b['repeats']}, "
-          f"L={a['samples']}/{b['samples']})")
+    held = '' if a['indices'] == b['indices'] else f" of A's {len(a['indices'])} and B's {len(b['indices'])}"
+    print(f"A: {a['model']}  B: {b['model']}  (the same {rows[0]['n']} examples{held}, "
+          f"R={a['repeats']}/{b['repeats']}, L={a['samples']}/{b['samples']})")
     for r in rows:
         print(f"{r['figure']:>12}: A {pct(r['a'])}% {span(r['a_interval'])}, B {pct(r['b'])}% {span(r['b_interval'])}; "
               f"A - B {100 * r['difference']:+.1f} points {span(r['difference_interval'])} (paired bootstrap); "
