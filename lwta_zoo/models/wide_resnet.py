@@ -113,7 +113,7 @@ _ARCHS = {'wrn34_1': (34, 1), 'wrn34_5': (34, 5), 'wrn34_10': (34, 10), 'wrn28_1
 # authors' checkpoint for wrn34_1_lwta (converted by tools/make_authors_weights.py), and the
 # runs of recipes/cifar10_wrn34_1_*_fast.yaml (tools/make_trained_weights.py), in lwta_zoo/weights/.
 # timm's default tag is an architecture's first cfg, so the authors' entry comes before the zoo's own.
-TRAINED = ['wrn34_1.cifar10_nfgsm', 'wrn34_1_lwta.cifar10_nfgsm']
+TRAINED = ['wrn34_1.cifar10_nfgsm', 'wrn34_1_lwta.cifar10_nfgsm', 'wrn34_1_lwta.cifar10_adaptive_nfgsm']
 default_cfgs = generate_default_cfgs({
     'wrn34_1_lwta.authors_pgd': _wrn_cfg(
         'wrn34_1_lwta.authors_pgd', license='unknown',
