@@ -48,9 +48,9 @@ def paired(a: Dict[str, Any], b: Dict[str, Any]) -> List[Dict[str, Any]]:
     """For every figure both reports hold, on the examples both hold: each model's accuracy (Wilson interval),
     the difference a - b with a 95% bootstrap interval over the examples resampled together, and the examples
     only one defends."""
-    common = sorted(set(a['indices']) & set(b['indices']))
-    rows_a = np.array([a['indices'].index(i) for i in common], dtype=int)
-    rows_b = np.array([b['indices'].index(i) for i in common], dtype=int)
+    row = [{index: k for k, index in enumerate(r['indices'])} for r in (a, b)]  # example index -> report row
+    common = sorted(row[0].keys() & row[1].keys())
+    rows_a, rows_b = (np.array([r[i] for i in common], dtype=int) for r in row)
     labels = [np.asarray(r['per_example']['label'])[rows] for r, rows in ((a, rows_a), (b, rows_b))]
     same = (a['identity']['data_sha256'] == b['identity']['data_sha256'] if a['indices'] == b['indices'] else
             a['identity']['data'] == b['identity']['data'] and np.array_equal(*labels))  # a subset hashes its own
