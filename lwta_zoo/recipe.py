@@ -5,6 +5,9 @@ A recipe has the sections below; every key has a default except ``model.name`` a
 their range (``RANGES``) are errors that name the key.
 Floats may be written as fractions (``eps: 8/255``). ``key=value`` overrides use dotted
 paths (``train.epochs=2``, ``model.args.lwta_args.U=4``); values are parsed as YAML.
+A recipe file may start from another: ``extends: other.yaml`` (a path relative to the file) takes
+that recipe and replaces the values the file gives, key by key within each section, so a variant
+states only how it differs (a longer run, say).
 """
 from __future__ import annotations
 
@@ -355,11 +358,21 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_recipe(path: Union[str, Path], overrides: Sequence[str] = ()) -> Recipe:
-    """Read a YAML recipe, apply overrides, and validate it (see the module docstring)."""
-    path = Path(path)
+def _merged(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    """``base`` with ``update``'s values in place of its own, mappings merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_tree(path: Path, seen: tuple = ()) -> Any:
+    """A recipe file's mapping, with the recipe it ``extends`` (if any) underneath it."""
     if not path.is_file():
-        raise RecipeError(f'recipe file {path} does not exist')
+        raise RecipeError(f'recipe file {path} does not exist' if not path.exists() else
+                          f'recipe path {path} is not a file (give a .yaml recipe)')
+    if path.resolve() in seen:
+        raise RecipeError(f'{path}: extends itself through {[str(p) for p in seen]}')
     try:
         tree = yaml.load(path.read_text(encoding='utf-8'), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError:
@@ -368,6 +381,22 @@ def load_recipe(path: Union[str, Path], overrides: Sequence[str] = ()) -> Recipe
         raise RecipeError(f'{path}: not valid YAML: {" ".join(str(e).split())}') from None
     except RecipeError as e:
         raise RecipeError(f'{path}: {e}') from None
+    if not isinstance(tree, dict) or 'extends' not in tree:
+        return tree
+    tree = dict(tree)
+    parent = tree.pop('extends')
+    if not isinstance(parent, str):
+        raise RecipeError(f'{path}: extends: expected a recipe file name, got {parent!r}')
+    base = _read_tree(path.parent / parent, seen + (path.resolve(),))
+    if not isinstance(base, dict):
+        raise RecipeError(f'{path.parent / parent}: a recipe is a mapping of sections, got {base!r}'[:200])
+    return _merged(base, tree)
+
+
+def load_recipe(path: Union[str, Path], overrides: Sequence[str] = ()) -> Recipe:
+    """Read a YAML recipe (and the one it extends), apply overrides, and validate it (see the module docstring)."""
+    path = Path(path)
+    tree = _read_tree(path)
     try:
         return recipe_from_dict(tree, overrides)
     except RecipeError as e:

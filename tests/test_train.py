@@ -269,3 +269,20 @@ def test_wrn_paper_schedule_halves_the_lr_every_epoch_after_the_75th(data_root: 
     recipe = load_recipe(ROOT / 'recipes' / 'cifar10_wrn34_10_lwta_pgd.yaml')
     # epochs are 0-based here: index 74 is the 75th epoch
     assert [lr_factor(e, recipe) for e in (0, 74, 75, 76, 99)] == [1.0, 1.0, 0.5, 0.25, 0.5 ** 25]
+
+
+def test_a_recipe_extends_another_and_differs_only_where_it_says(tmp_path: Path) -> None:
+    base = load_recipe(ROOT / 'recipes' / 'cifar10_wrn34_1_relu_fast.yaml')
+    longer = load_recipe(ROOT / 'recipes' / 'cifar10_wrn34_1_relu_fast_60ep.yaml')
+    assert (longer.train.epochs, longer.schedule.peak) == (60, 24)
+    assert longer.description != base.description
+    longer.train.epochs, longer.schedule.peak, longer.description = 30, 12.0, base.description
+    assert longer == base  # nothing else changed, the schedule's other keys included
+    (tmp_path / 'loop.yaml').write_text('extends: loop.yaml\n')
+    with pytest.raises(RecipeError, match='extends itself'):
+        load_recipe(tmp_path / 'loop.yaml')
+    (tmp_path / 'orphan.yaml').write_text('extends: missing.yaml\n')
+    with pytest.raises(RecipeError, match='missing.yaml does not exist'):
+        load_recipe(tmp_path / 'orphan.yaml')
+    with pytest.raises(RecipeError, match='is not a file'):
+        load_recipe(tmp_path)
