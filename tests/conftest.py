@@ -20,6 +20,16 @@ SHARED_DATA = Path(os.environ.get('LWTA_ZOO_SHARED_DATA', Path(__file__).resolve
 AUTHORS_CHECKPOINT = SHARED_DATA / 'authors_wrn34_1_lwta_cifar10_pgd.pt'
 
 
+def pytest_collection_modifyitems(items: list) -> None:
+    """Mark the tests that need the authors' checkpoint (``-m authors_checkpoint`` selects them): those
+    that use its fixture, and those run on a published name that only it converts."""
+    for item in items:
+        params = getattr(getattr(item, 'callspec', None), 'params', {}).values()
+        if 'authors_mirror' in getattr(item, 'fixturenames', ()) or any(
+                isinstance(p, str) and hub.conversion(p) for p in params):
+            item.add_marker(pytest.mark.authors_checkpoint)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same RNG state, so statistical checks are reproducible, and on one

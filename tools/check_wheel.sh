@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A non-editable install works: build the wheel, install it into a fresh virtual environment
-# (--system-site-packages lends it torch and the other dependencies already installed, so no
-# large download), then, from a folder outside the checkout and with a fresh home folder, load
+# (the running interpreter's site-packages, a venv's where one is active, lend it torch and the other
+# dependencies through a .pth file, after its own: no large download), then, from a folder outside the checkout and with a fresh home folder, load
 # a shipped model, predict with L=5 samples and take one training step through the fused CPU
 # LWTA kernel. Checks that the package data (kernel source, weights, test-data npz) is in the
 # wheel and that the kernel's build cache lands in the user's cache, not in site-packages.
@@ -25,8 +25,10 @@ for needed in ('lwta_zoo/kernels/lwta_cpu.c', 'lwta_zoo/data/fashion_mnist_test_
 print(f'wheel: {len(names)} files, package data present')
 EOF
 
-python -m venv --system-site-packages "$work/venv"
-"$work/venv/bin/python" -m pip install -q "$wheel"
+python -m venv "$work/venv"
+lend="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+"$work/venv/bin/python" -c 'import sys, sysconfig; open(sysconfig.get_paths()["purelib"] + "/_lent.pth", "w").write(sys.argv[1] + "\n")' "$lend"
+"$work/venv/bin/python" -m pip install -q --no-deps "$wheel"
 
 cd "$work/run"  # not the checkout: the import must find the installed copy
 env -u PYTHONPATH -u LWTA_ZOO_CACHE -u LWTA_ZOO_NO_KERNEL HOME="$work/home" \
