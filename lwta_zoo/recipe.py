@@ -147,7 +147,7 @@ class TrainSection:
     epochs: int = 1
     batch_size: int = 128  # per process (the global batch is this times the world size)
     seed: int = 0
-    kl_weight: float = 1.0  # loss = CE + kl_weight * KL / N_train (1: DESIGN.md's ELBO; see README, The objective)
+    kl_weight: float = 1.0  # loss = CE + kl_weight * KL / N_train (1: the ELBO; docs/evaluating.md, The objective)
     checkpoint_every: int = 0  # optimizer steps between checkpoints, besides every epoch end (0: epochs only)
     checkpoint_minutes: float = 5.0  # and a checkpoint after this much training time since the last (0: never)
     log_every: int = 50  # optimizer steps between metrics lines

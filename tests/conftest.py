@@ -69,3 +69,24 @@ def fresh_clone(monkeypatch, tmp_path) -> Path:
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'hf-cache'))
     monkeypatch.delenv(hub.MIRROR_ENV, raising=False)
     return shipped
+
+
+@pytest.fixture(scope='session')
+def browser():
+    """Headless Chromium (Debian's package) through Selenium, with its network log; skips where it is not installed."""
+    chromium = shutil.which('chromium') or shutil.which('chromium-browser')
+    if chromium is None:
+        pytest.skip('chromium is not installed (Debian: apt-get install chromium chromium-driver; .ci/run does)')
+    driver_path = shutil.which('chromedriver')
+    assert driver_path, 'chromium is installed but not its WebDriver (Debian: apt-get install chromium-driver)'
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'):
+        options.add_argument(arg)
+    options.set_capability('goog:loggingPrefs', {'performance': 'ALL'})
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))  # no Selenium Manager download
+    yield driver
+    driver.quit()

@@ -13,7 +13,6 @@ import pytest
 from lwta_zoo import hub, leaderboard
 from lwta_zoo.cli import main
 
-CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 WIDTHS = {'laptop': (1366, 900), 'phone': (390, 844)}
 
 
@@ -169,25 +168,6 @@ def test_the_command_fails_on_one_line(tmp_path, capsys):
     assert main(['leaderboard', '--output', str(tmp_path / 'taken')]) == 2
     err = capsys.readouterr().err
     assert err.startswith('lwta-zoo leaderboard: error: ') and err.count('\n') == 1
-
-
-@pytest.fixture(scope='module')
-def browser():
-    if CHROMIUM is None:
-        pytest.skip('chromium is not installed (Debian: apt-get install chromium chromium-driver; .ci/run does)')
-    driver_path = shutil.which('chromedriver')
-    assert driver_path, 'chromium is installed but not its WebDriver (Debian: apt-get install chromium-driver)'
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'):
-        options.add_argument(arg)
-    options.set_capability('goog:loggingPrefs', {'performance': 'ALL'})
-    driver = webdriver.Chrome(options=options, service=Service(driver_path))  # no Selenium Manager download
-    yield driver
-    driver.quit()
 
 
 def _requests(driver):

@@ -171,7 +171,7 @@ def main() -> None:
         '# Model cards', '',
         '<!-- written by `python tools/make_model_cards.py`; edit the tool, not this file -->', '',
         'Every figure below was measured by the command in its row, on the data it names, and is rerun '
-        'by that command. Robust accuracy (reports of format 2, README "Evaluating a stochastic model"): '
+        'by that command. Robust accuracy (reports of format 2, docs/evaluating.md): '
         "per example, R fresh predictions of every candidate (the clean input and each attack's outputs "
         'inside the threat model) select the worst one, and R further independent predictions score it: '
         'defended when a majority are correct. The worst case is per example over every attack in the row, '

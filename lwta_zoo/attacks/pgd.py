@@ -1,6 +1,7 @@
 """L-infinity PGD (Madry et al.) with a choice of the gradient it follows.
 
-A stochastic model's own gradient is noisy; an attacker may instead follow (DESIGN.md):
+A stochastic model's own gradient is noisy; an attacker may instead follow
+(docs/evaluating.md, "The attacks"):
 
 * ``'model'``: the model as it is (the papers' protocol: one sampled forward per step);
 * ``'mean'`` / ``'max'``: the smooth expected-output surrogate / deterministic LWTA-max;

@@ -1,8 +1,7 @@
 """Robustness evaluation suite: both papers' protocols and adaptive attacks, side by side.
 
-Every attack runs on every example. The estimator (DESIGN.md, "Evaluating a stochastic model
-honestly") separates choosing an input from scoring it, so that prediction noise cannot bias
-the figures:
+Every attack runs on every example. The estimator (docs/evaluating.md, "The estimator") separates choosing
+an input from scoring it, so that prediction noise cannot bias the figures:
 
 * every candidate input of an example (the clean input and each attack's output; an attack
   such as AutoAttack may return several, its *parts*) gets 2R fresh predictions in one folded

@@ -246,7 +246,7 @@ class _EcocClassifier(SampledClassifier):
         self.has_ibp = any(isinstance(m, IBPMask) for m in self.modules())
         # He (fan-in, ReLU gain) weights and zero biases (ours; neither paper states an initialisation):
         # with torch's default SGD stayed at chance and with Keras' Glorot (Verma & Swami's) it
-        # learned more slowly (tools/aistats_sgd_check.py, README "Paper fidelity").
+        # learned more slowly (tools/aistats_sgd_check.py, docs/paper_fidelity.md).
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight, nonlinearity='relu')
