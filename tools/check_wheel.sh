@@ -4,7 +4,8 @@
 # dependencies through a .pth file, after its own: no large download), then, from a folder outside the checkout and with a fresh home folder, load
 # a shipped model, predict with L=5 samples and take one training step through the fused CPU
 # LWTA kernel. Checks that the package data (kernel source, weights, test-data npz) is in the
-# wheel and that the kernel's build cache lands in the user's cache, not in site-packages.
+# wheel and that the kernel's build cache lands in the user's cache, not in site-packages; then
+# writes the leaderboard site from the installed copy (its templates, CSS and script are package files).
 #
 #   tools/check_wheel.sh [WORK_DIR]     (default: a new temporary folder, removed afterwards)
 set -euo pipefail
@@ -20,7 +21,8 @@ import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 for needed in ('lwta_zoo/kernels/lwta_cpu.c', 'lwta_zoo/data/fashion_mnist_test_500.npz',
                'lwta_zoo/weights/aistats_softmax_mnist.lwta_u2_fmnist_pgd/model.safetensors',
-               'lwta_zoo/weights/aistats_softmax_mnist.lwta_u2_fmnist_pgd/config.json'):
+               'lwta_zoo/weights/aistats_softmax_mnist.lwta_u2_fmnist_pgd/config.json',
+               'lwta_zoo/leaderboard/templates/index.html', 'lwta_zoo/leaderboard/static/sort.js'):
     assert needed in names, f'{needed} is not in {sys.argv[1]}'
 print(f'wheel: {len(names)} files, package data present')
 EOF
@@ -72,3 +74,6 @@ assert loss.isfinite() and any(not torch.equal(b, p) for b, p in zip(before, mod
 print(f'installed {package}: L=5 accuracy {acc:.2f} on 64 images, one training step (loss {loss.item():.3f}), '
       f'kernel built in {built[0].parent}')
 EOF
+
+env -u PYTHONPATH HOME="$work/home" "$work/venv/bin/lwta-zoo" leaderboard --output "$work/run/site"
+for file in index.html style.css sort.js; do [ -s "$work/run/site/$file" ] || { echo "no $file in the site"; exit 1; }; done

@@ -28,7 +28,8 @@ from lwta_zoo.hub import (
     CARD_FILE, CONFIG_FILE, SHIPPED_WEIGHTS, WEIGHTS_FILE, conversion, format_eps, load_pretrained, save_pretrained,
     shipped_weights,
 )
-from lwta_zoo.leaderboard import Figure, Row, model_rows, report_folders
+from lwta_zoo.leaderboard import Figure, Row, boards, budget, report_folders
+from lwta_zoo.leaderboard import rows as leaderboard_rows
 from lwta_zoo.models import zoo_model_names
 from lwta_zoo.recipe import load_recipe
 from publishing import report_results
@@ -104,36 +105,57 @@ def _pct(v: Any) -> str:
     return f'{100 * v:.1f}' if isinstance(v, (int, float)) else ''
 
 
-def _interval(fig: Figure) -> str:
-    """' [lo, hi]', the figure's 95% interval; '' in a report of format 1 (the previous rule), which has none."""
-    return f' [{_pct(fig.interval[0])}, {_pct(fig.interval[1])}]' if fig.interval else ''
+def _figure(fig: Optional[Figure], row: Row, label: str = '', bold: bool = False) -> str:
+    """'42.4 [39.4, 45.5]', then what it is and its n where they differ from the row's; '' without a figure."""
+    if fig is None:
+        return ''
+    notes = [label] * bool(label) + [f'n={fig.n}'] * (fig.n != row.n)
+    value = f'**{_pct(fig.value)}**' if bold else _pct(fig.value)
+    return (f'{value} [{_pct(fig.interval[0])}, {_pct(fig.interval[1])}]'
+            + (f" ({', '.join(notes)})" if notes else ''))
 
 
-def _report_row(model: str, row: Row) -> str:
-    """A leaderboard row (lwta_zoo.leaderboard: one report, one threat model) as a row of the table."""
-    if row.report is None:
-        return f'| {model} | {row.dataset} | not evaluated | | | | | | |'
-    attacks = '; '.join(f'{f.name} ({f.protocol}, {f.threat_model}) {_pct(f.value)}{_interval(f)}'
-                        + (f' at median L2 {f.median_l2:.3g}' if f.median_l2 is not None else '') for f in row.attacks)
-    label = row.protocol + (f', eps {format_eps(row.eps)}' if row.eps is not None else '')
-    label += '' if row.worst.interval else ', previous rule (no intervals)'
-    return (f'| {model} | {row.data} | {label} | {_pct(row.clean.value)}{_interval(row.clean)} | {attacks} | '
-            f'**{_pct(row.worst.value)}**{_interval(row.worst)} ({row.threat_model}) | {row.samples} | '
-            f'{row.n} ({row.repeats}) | `{row.command}` |')
+def _leaderboard_row(row: Row) -> str:
+    """A leaderboard row (lwta_zoo.leaderboard: a model on one board under one prediction setting) as a table row."""
+    m = row.model
+    model = m.name + ('' if m.redistributed else ' (not redistributed)')
+    hours = '' if m.hours is None else ('about ' if m.hours_estimated else '') + f'{m.hours:.1f}'
+    facts = f"{m.epochs or ''} | {hours} | {m.parameters:,} | {m.U or ''} | {m.training}"
+    if not row.reports:
+        return f'| {model} | {m.dataset_name} | not evaluated | | | | | | | | {facts} | |'
+    worst = _figure(row.worst, row, bold=True)
+    if not row.worst:
+        worst = row.status + (f" (without {', '.join(row.missing_adaptive)})" if row.missing_adaptive
+                              and row.status == 'incomplete adaptive suite' else '')
+    attacks = '; '.join(f'{f.name} ({f.protocol}) {_figure(f, row)}'
+                        + (f' at median L2 {f.median_l2:.3g}' if f.median_l2 is not None else '')
+                        for f in row.attacks if not f.part_of)
+    claim = (f"; the {row.claim.paper}'s claim, not measured here ({row.claim.source}): "
+             + ', '.join(f'{what} {v}%' for what, v in row.claim.figures) if row.claim else '')
+    reports = '; '.join(f'{e.report} ({e.label}, R={e.repeats}, {e.data}): `{e.command}`' for e in row.reports)
+    return (f'| {model}{claim} | {budget(row.threat_model, row.eps)} | L={row.samples}, {row.sampling} | {worst} | '
+            f'{_figure(row.papers, row, row.papers.name if row.papers else "")} | '
+            f'{_figure(row.autoattack, row, row.autoattack.name if row.autoattack else "")} | '
+            f'{_figure(row.clean, row)} | {attacks} | {row.n} | {facts} | {reports} |')
 
 
 def _published() -> List[str]:
-    """A row per clean-only measurement of config.json, then the leaderboard's rows, the site's: read from the
-    shipped reports."""
-    rows = ['| model | data | protocol | clean | robust accuracy per attack | worst case | L | n (R) | command |',
-            '|---|---|---|---|---|---|---|---|---|']
+    """The leaderboard's rows, board by board as the site ranks them; then the clean accuracy each config.json
+    records from the export (seeded, not from a report)."""
+    rows = ['| model | threat model | prediction | worst case (adaptive suite) | papers\' protocol | AutoAttack | clean '
+            '| robust accuracy per attack | n | epochs | training hours | parameters | U | training attack | reports |',
+            '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+    everything = leaderboard_rows()
+    for board in boards(everything).values():
+        rows += [_leaderboard_row(row) for row in board if row.reports]
+    rows += [_leaderboard_row(row) for row in everything if not row.reports]  # once, not on each of its boards
+    rows += ['', 'Clean accuracy recorded at export (seeded, each seed a full pass):', '',
+             '| model | data | clean | samples | examples | seeds | command |', '|---|---|---|---|---|---|---|']
     for name in shipped_weights():
-        model = name + (' (not redistributed)' if conversion(name) else '')
         metrics = json.loads((SHIPPED_WEIGHTS / name / CONFIG_FILE).read_text()).get('metrics') or {}
-        rows += [f"| {model} | {r['data'].split(':')[0]} | {r['name']} | {_pct(r['value'])} (seeds {r.get('seeds')}) "
-                 f"| | | {r.get('samples')} | {r.get('examples')} | `{r.get('command')}` |"
+        rows += [f"| {name} | {r['data'].split(':')[0]} | {_pct(r['value'])} | {r.get('samples')} | {r.get('examples')} | "
+                 f"{r.get('seeds')} | `{r.get('command')}` |"
                  for r in metrics.get('results', []) if 'protocol_label' not in r]  # each with its data, seeds, command
-        rows += [_report_row(model, row) for row in model_rows(name)]
     return rows
 
 
@@ -171,20 +193,23 @@ def main() -> None:
         '# Model cards', '',
         '<!-- written by `python tools/make_model_cards.py`; edit the tool, not this file -->', '',
         'Every figure below was measured by the command in its row, on the data it names, and is rerun '
-        'by that command. Robust accuracy (reports of format 2, docs/evaluating.md): '
-        "per example, R fresh predictions of every candidate (the clean input and each attack's outputs "
-        'inside the threat model) select the worst one, and R further independent predictions score it: '
-        'defended when a majority are correct. The worst case is per example over every attack in the row, '
-        'within one threat model; each figure carries its 95% interval (Wilson) and the row its n. A report '
-        'of format 1 (the previous rule: the same draws select and score, which noise biases low) says '
-        '"previous rule" and has no intervals. Each '
-        "attack names its threat model: Linf at the eps the protocol column names, or L2 (the AISTATS "
-        "paper's CW and Blind-Spot, unbounded minimal-perturbation attacks); the full settings, seeds, "
-        'versions and machine are in each model card (lwta_zoo/weights/<model>/README.md) and in '
-        '`lwta_zoo/weights/<model>/eval/*/report.json`. "WRN paper" marks that paper\'s own '
-        'protocol; "adaptive" marks attacks built for stochastic models. `lwta-zoo leaderboard --output DIR` '
-        'renders the same rows (lwta_zoo/leaderboard.py) as a static site: a sortable table per dataset and threat '
-        'model, a plot of clean against worst-case accuracy, a page per model.', '',
+        'by that command. The table is the leaderboard\'s (`lwta-zoo leaderboard --output DIR` renders the same rows, '
+        'lwta_zoo/leaderboard/, as a static site: a sortable table per dataset and threat model, a plot of clean '
+        'against worst-case accuracy, a page per model): a row per model, threat model and prediction setting (L, '
+        'the samples a prediction averages, and how the model samples at test time), ranked by the worst case. '
+        'Robust accuracy (docs/evaluating.md): per example, R fresh predictions of every '
+        "candidate (the clean input and each attack's outputs inside the threat model) select the worst one, and R "
+        'further independent predictions score it: defended when a majority are correct. The worst case is a '
+        "report's per-example worst case over its attacks, within one threat model, and only a report that ran every "
+        'attack of the adaptive preset (`lwta-zoo eval --preset adaptive`: attacks built for stochastic models) gives '
+        'one; a row whose reports ran only the papers\' attacks says "not evaluated adaptively" and ranks below '
+        'every evaluated row. "papers\' protocol" is the lowest of the papers\' own attacks ("WRN paper", '
+        '"AISTATS paper"); each figure carries its 95% interval (Wilson), and its n where it differs from the '
+        "row's (a subset). L2 attacks are the AISTATS paper's CW and Blind-Spot and the adaptive CW (unbounded "
+        'minimal-perturbation attacks). The full settings, seeds, versions and machine are in each model card '
+        '(lwta_zoo/weights/<model>/README.md) and in `lwta_zoo/weights/<model>/eval/*/report.json`. Where a paper '
+        'reports a model\'s configuration, its own figures stand beside the model, labelled as the paper\'s claim.',
+        '',
         f'lwta_zoo {lwta_zoo.__version__}.', '',
         '## Published weights', '', *_published(), '', *_not_redistributed(),
         'RobustBench names of published weights (`load_model(name, dataset, threat)` finds them through timm): '
