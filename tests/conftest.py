@@ -76,7 +76,7 @@ def browser():
     """Headless Chromium (Debian's package) through Selenium, with its network log; skips where it is not installed."""
     chromium = shutil.which('chromium') or shutil.which('chromium-browser')
     if chromium is None:
-        pytest.skip('chromium is not installed (Debian: apt-get install chromium chromium-driver, as README's test command does)')
+        pytest.skip('chromium is not installed (Debian: apt-get install chromium chromium-driver, as README\'s test command does)')
     driver_path = shutil.which('chromedriver')
     assert driver_path, 'chromium is installed but not its WebDriver (Debian: apt-get install chromium-driver)'
     from selenium import webdriver
