@@ -30,7 +30,7 @@ from timm.models import generate_default_cfgs, register_model
 from ..layers.ibp import IBPMask
 from ._base import HF_ORG, DeviceLike, Normalize, SampledClassifier, _check_input, cfg
 from .aistats import DEFAULT_U, METHODS, _Layers, build_with_method, method_tag
-from .vgg_cifar import CIFAR10_MEAN, CIFAR10_STD
+from .vgg_cifar import CIFAR10_MEAN, CIFAR10_STD, vgg_features
 
 __all__ = ['LeNet5', 'VGGSmall']
 
@@ -134,16 +134,8 @@ class VGGSmall(_MethodClassifier):
         dd = {'device': device, 'dtype': dtype}
         method_layers = self._start(method, U, lwta_args, ibp_args, in_chans, dd)
         self.normalize = Normalize(CIFAR10_MEAN, CIFAR10_STD, **dd)
-        feats, chs, self.feature_info, reduction = [], in_chans, [], 1
-        for v in layers:
-            if v == 'M':
-                feats.append(nn.MaxPool2d(2, 2))
-                reduction *= 2
-                self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f'features.{len(feats) - 1}'))
-            else:
-                feats.append(method_layers.conv(chs, v, 3, bn=True, where=f'VGGSmall layer {len(feats)}'))
-                chs = v
-        self.features = nn.Sequential(*feats)
+        self.features, self.feature_info, chs = vgg_features(layers, in_chans, lambda i, o: [
+            method_layers.conv(i, o, 3, bn=True, where=f'VGGSmall {i}->{o} conv')])
         self.num_features = self.head_hidden_size = chs
         self.pre_logits = nn.Identity()
         self._finish(num_classes, global_pool)
