@@ -244,18 +244,25 @@ def plot_margins(report: Dict[str, Any], path: Path) -> None:
                 ys = [rows[k][key] for k in xs]
                 lo = [ys[j] - (rows[k][f'{key}_interval'][0] or ys[j]) for j, k in enumerate(xs)]
                 hi = [(rows[k][f'{key}_interval'][1] or ys[j]) - ys[j] for j, k in enumerate(xs)]
-                label = spec if way == 'deterministic' else f'{spec} ({WAY_LABELS[way]})'
-                ax.errorbar(xs, ys, yerr=[lo, hi], color=f'C{i}', ls=style[way], marker='o', capsize=3, label=label)
+                label = short_name(spec) if way == 'deterministic' else f'{short_name(spec)} ({WAY_LABELS[way]})'
+                ax.errorbar(xs, ys, yerr=[lo, hi], color=f'C{i}', ls=style[way], marker='o', capsize=3,
+                            label=label if ax is axes[0] else None)
     ticks = [f"{s['origin'][0]}" for s in report['subspaces']]
     s = report['settings']
     for ax, key in zip(axes, ('mean of margins found', 'median (censored = inf)')):
         ax.set(xlabel=f"DCT block (diagonal position, {s['block']}x{s['block']}): low -> high frequency",
                ylabel=f'L2 margin, {key}', xticks=range(len(ticks)), xticklabels=ticks)
     axes[0].set_title(f"n={report['n']}, R={s['repeats']}, seed={s['seed']}, 95% bootstrap intervals", fontsize=9)
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * (1 + len(axes[0].get_legend_handles_labels()[1]) // 2), 1, 1))
+    fig.legend(loc='lower center', ncol=2, fontsize=7)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def short_name(spec: str) -> str:
+    """A model's name in a legend: the folder's name (a run's, for its export/), or the spec."""
+    path = Path(spec)
+    return path.parent.name if path.name == 'export' else path.name
 
 
 WAY_LABELS = {'model': "paper's: sampled net", 'mean': 'own boundary: mean + fresh check'}
