@@ -211,7 +211,8 @@ def bootstrap_interval(values: np.ndarray, statistic: Callable[[np.ndarray], np.
         return [None, None]
     rng = np.random.default_rng(seed)
     stats = statistic(values[rng.integers(0, len(values), size=(resamples, len(values)))])
-    return [float(v) if math.isfinite(v) else None for v in np.percentile(stats, [2.5, 97.5])]
+    ends = np.percentile(stats, 2.5, method='lower'), np.percentile(stats, 97.5, method='higher')  # no inf - inf
+    return [float(v) if math.isfinite(v) else None for v in ends]
 
 
 def summarise(margin: Sequence[Optional[float]], status: Sequence[str]) -> Dict[str, Any]:
