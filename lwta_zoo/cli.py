@@ -24,6 +24,7 @@ COMMANDS = {
     'push': 'lwta_zoo.hub',
     'leaderboard': 'lwta_zoo.leaderboard',
     'compare': 'lwta_zoo.attacks.compare',
+    'margins': 'lwta_zoo.attacks.margins',
 }
 
 # Numeric options are counts (ints >= 1) or positive finite floats, except these, which may be 0.

@@ -32,6 +32,7 @@ ZOO = zoo_model_names()
 TAGGED = sorted(n for n in timm.list_models(pretrained=True) if split_model_name_tag(n)[0] in ZOO)
 SHIPPED = sorted(p.name for p in (Path(lwta_zoo.__file__).parent / 'weights').iterdir() if p.is_dir())
 ECOC = [n for n in ZOO if n.startswith('aistats_')]
+FLATTEN = ECOC + ['lenet5_mnist']  # heads that flatten the feature maps into dense layers: no 'avg' pool
 # Wider WRNs differ from wrn34_1 only in numbers: their structure checks run on the meta device
 # (no weights allocated), the others' on the CPU (faster than meta for small networks).
 LARGE = {n for n in ZOO if n.startswith(('wrn34_5', 'wrn34_10', 'wrn28_10'))}
@@ -58,7 +59,7 @@ def _tensors(model: torch.nn.Module):
 
 
 def test_every_zoo_name_and_tag_is_covered():
-    assert len(ZOO) == 21 and {'wrn34_10_lwta', 'aistats_tanh16_cifar10', 'smallcnn_mnist'} <= set(ZOO)
+    assert len(ZOO) == 23 and {'wrn34_10_lwta', 'aistats_tanh16_cifar10', 'smallcnn_mnist', 'lenet5_mnist'} <= set(ZOO)
     assert set(SHIPPED) <= set(TAGGED) and 'aistats_softmax_mnist.lwta_u2_fmnist_pgd' in SHIPPED
     # every architecture has tags but RobustBench's alias of wrn34_1_lwta.authors_pgd
     assert set(ZOO) - {split_model_name_tag(n)[0] for n in TAGGED} == {'wrn34_1_lwta_cifar10_linf'}
@@ -130,7 +131,7 @@ def test_model_api_contract(name):
 
     model.to(dtype=torch.float64)  # a new classifier follows the model's device, dtype and mode
     model.reset_classifier(0)
-    model.reset_classifier(2, 'flatten' if name in ECOC else 'avg')
+    model.reset_classifier(2, 'flatten' if name in FLATTEN else 'avg')
     head = list(model.get_classifier().parameters())
     assert head and all(p.device.type == device and p.dtype == torch.float64 for p in head)
     assert not any(m.training for m in model.modules())
@@ -151,7 +152,7 @@ def test_optimizer_factory_uses_group_matcher_and_no_weight_decay(name):
     decayed = {id(p) for g in groups if g['weight_decay'] for p in g['params']}
     variational = {id(p) for m in model.modules() if isinstance(m, IBPMask) for p in m.parameters()}
     assert decayed and not decayed & variational  # the KL, not weight decay, regularises the IBP
-    assert bool(variational) == name.startswith('aistats_')
+    assert bool(variational) == getattr(model, 'method', '').endswith('_ibp')  # method= networks default to LWTA & IBP
 
 
 @pytest.mark.parametrize('tagged', TAGGED)

@@ -1,8 +1,10 @@
 """Publish the models this repo trains (recipes/) in lwta_zoo/weights/, family by family.
 
 FAMILY is one of ``FAMILIES``: ``fmnist`` (the four Fashion-MNIST networks of recipes/fmnist_*_pgd.yaml),
-``cifar10_wrn34_1`` (the three WideResNet-34-1 of recipes/cifar10_wrn34_1_*_fast.yaml) or ``cifar10_wrn34_1_60ep``
-(ReLU and LWTA of those trained for 60 epochs, recipes/cifar10_wrn34_1_*_fast_60ep.yaml). For each
+``cifar10_wrn34_1`` (the three WideResNet-34-1 of recipes/cifar10_wrn34_1_*_fast.yaml), ``cifar10_wrn34_1_60ep``
+(ReLU and LWTA of those trained for 60 epochs, recipes/cifar10_wrn34_1_*_fast_60ep.yaml), or the AISTATS
+paper's section 4.3.3 networks, ``margins_lenet5`` and ``margins_vgg_small`` (recipes/margins_*.yaml;
+their --eval-commands end with the ``lwta-zoo margins`` run over the family's three models). For each
 trained run (its folder's export/, written by ``lwta-zoo train``) this measures clean accuracy with
 L=1, seeds 0-2, on the test subset the repo ships (which tests/test_published.py checks) and on the
 family's larger test set, adds the ``lwta-zoo eval`` reports in <run>/eval/*/ to the model card and
@@ -42,6 +44,13 @@ def _fmnist_test() -> Tuple[torch.Tensor, torch.Tensor]:
 
 def _cifar10_1k() -> Tuple[torch.Tensor, torch.Tensor]:
     return read_npz(ROOT.parent / 'shared/data/cifar10_test_1k.npz')
+
+
+# The AISTATS paper's section 4.3.3 networks (lwta_zoo/models/margin_nets.py): KEY -> method tag. Their
+# margins (docs/margins.md) are one lwta-zoo margins run over a family's three models: MARGINS below.
+MARGIN_METHODS = {'relu': 'relu', 'lwta': 'lwta_u2', 'lwta_ibp': 'lwta_ibp_u2'}
+MARGINS = {'margins_lenet5': '--n 500', 'margins_vgg_small': '--n 200'}  # lwta-zoo margins arguments
+
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,25 @@ FAMILIES = {
             **({} if key == 'relu' else {'samples5_n1000': '--n 1000 --samples 5 --attacks pgd20 --batch-size 125'}),
             'autoattack_n200': '--n 200 --batch-size 100 --attacks '
                                + ('autoattack_standard' if key == 'relu' else 'autoattack_rand')}),
+    'margins_lenet5': Family(
+        dataset='fashion_mnist', dataset_name='Fashion-MNIST',
+        models={key: f'lenet5_mnist.{tag}_fmnist' for key, tag in MARGIN_METHODS.items()},
+        recipe='recipes/margins_lenet5_fmnist_{key}.yaml', run='runs/margins/lenet5_fmnist_{key}',
+        train_args='train.threads=1', machine='Trained on CPU, one thread, on a 2-core machine shared with other work',
+        subset='lwta_zoo/data/fashion_mnist_test_500.npz: the first 50 test images of each class',
+        larger='fashion_mnist test split: all 10,000 images', load_larger=_fmnist_test, data='fashion_mnist',
+        evals=lambda key: {'suite_n1000': f'--n 1000 {ADAPTIVE} --batch-size 250'}),
+    'margins_vgg_small': Family(
+        dataset='cifar10', dataset_name='CIFAR-10',
+        models={key: f'vgg_small_cifar10.{tag}_cifar10' for key, tag in MARGIN_METHODS.items()},
+        recipe='recipes/margins_vgg_small_cifar10_{key}.yaml', run='runs/margins/vgg_small_cifar10_{key}',
+        train_args='train.threads=1 --data-dir ../shared/data',
+        machine='Trained on CPU, one thread, on a 2-core machine shared with other work',
+        subset=('lwta_zoo/data/cifar10_test_500.npz: the first 50 images of each class, from a public JPEG '
+                're-encoding of the CIFAR-10 test set'),
+        larger='../shared/data/cifar10_test_1k.npz: 1,000 images of a public JPEG re-encoding of the CIFAR-10 '
+               'test set', load_larger=_cifar10_1k, data='../shared/data/cifar10_test_1k.npz',
+        evals=lambda key: {'suite_n500': '--n 500 --attacks pgd20,pgd_mean --batch-size 125'}),
 }
 # The same WRN-34-1 runs trained twice as long (recipes/cifar10_wrn34_1_{key}_fast_60ep.yaml extend the 30-epoch
 # ones): same reports, new tags. The runs train in float32 where the CPU has no native bfloat16 (an AVX2 AMD EPYC
@@ -226,6 +254,13 @@ def eval_commands(family: Family, runs: Optional[Path], key: str) -> List[str]:
             f'--output {out / "eval" / name}' for name, args in family.evals(key).items()]
 
 
+def margins_command(name: str, family: Family, runs: Optional[Path]) -> str:
+    """The ``lwta-zoo margins`` command that draws the family's models on one figure (its runs' exports)."""
+    exports = ' '.join(str(_relative(family.run_folder(key, runs)) / 'export') for key in family.models)
+    out = _relative(family.run_folder('margins', runs))
+    return f'lwta-zoo margins {exports} --data {family.data} {MARGINS[name]} --threads 1 --output {out}'
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('family', choices=sorted(FAMILIES))
@@ -245,6 +280,8 @@ def main() -> None:
     for wanted, commands in ((args.train_commands, train_commands), (args.eval_commands, eval_commands)):
         if wanted:
             print('\n'.join(c for key in keys for c in commands(family, args.runs, key)))
+            if args.eval_commands and args.family in MARGINS:
+                print(margins_command(args.family, family, args.runs))
             return
     torch.set_num_threads(1)
     for key in keys:

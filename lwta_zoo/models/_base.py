@@ -58,6 +58,7 @@ class SampledClassifier(nn.Module):
     num_samples: int = 1
     sample_average: str = 'logits'
     max_batch: Optional[int] = None  # rows per folded forward; None: lwta_zoo.sampling.MAX_BATCH
+    has_ibp: bool = False  # subclasses with IBP layers set it: each of the L samples then draws its own masks
 
     def init_head(self, num_features: int, num_classes: int, global_pool: str,
                   pre_logits: Optional[nn.Module] = None, hidden: Optional[int] = None) -> None:
@@ -95,7 +96,11 @@ class SampledClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         L = 1 if self.training else self.num_samples
-        return sample_average(self.forward_single, x, L, self.sample_average, self.max_batch)
+        if L == 1 or not self.has_ibp:
+            return sample_average(self.forward_single, x, L, self.sample_average, self.max_batch)
+        # IBP draws one architecture z per forward: run the folded copies one by one.
+        return sample_average(lambda xs: torch.cat([self.forward_single(c) for c in xs.split(len(x))]), x, L,
+                              self.sample_average, self.max_batch)
 
     def forward_single(self, x: torch.Tensor) -> torch.Tensor:
         """One draw of the stochastic network."""

@@ -59,10 +59,9 @@ from timm.layers import get_device_dtype
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers.ibp import IBPConv2d, IBPLinear, IBPMask, format_keep_fraction, ibp_keep_fraction
-from ..sampling import sample_average
 from ._base import HF_ORG, DeviceLike, Normalize, SampledClassifier, _check_input, build, cfg, make_act_layer
 
-__all__ = ['EcocCNN', 'EcocDecoder', 'EcocEnsemble', 'METHODS', 'hadamard_code', 'keras_param_count']
+__all__ = ['EcocCNN', 'EcocDecoder', 'EcocEnsemble', 'METHODS', 'build_with_method', 'hadamard_code', 'keras_param_count']
 
 METHODS = ('relu', 'lwta_max', 'lwta', 'lwta_max_ibp', 'lwta_ibp')
 OUTPUTS = ('softmax', 'sigmoid', 'tanh')
@@ -180,10 +179,12 @@ class _Layers:
             raise ValueError(f'{where}: {units} units are not divisible by U={U} competing units')
         return U
 
-    def conv(self, cin: int, cout: int, k: int, stride: int = 1, bn: bool = False, where: str = 'conv') -> nn.Sequential:
-        """conv(k x k, 'same' padding) -> activation -> optional BatchNorm (Verma & Swami's order)."""
+    def conv(self, cin: int, cout: int, k: int, stride: int = 1, bn: bool = False, where: str = 'conv',
+             padding: Optional[int] = None) -> nn.Sequential:
+        """conv(k x k, 'same' padding unless ``padding`` is given) -> activation -> optional BatchNorm
+        (Verma & Swami's order)."""
         U = self._U(cout, True, where)
-        pad = k // 2 if k % 2 else 'same'
+        pad = padding if padding is not None else k // 2 if k % 2 else 'same'
         conv = (IBPConv2d(cin, cout, k, U=U, ibp_args=self.ibp_args, stride=stride, padding=pad, **self.dd) if self.ibp
                 else nn.Conv2d(cin, cout, k, stride=stride, padding=pad, **self.dd))
         return nn.Sequential(conv, self.act_layer(), *([nn.BatchNorm2d(cout, **self.dd)] if bn else []))
@@ -293,13 +294,6 @@ class _EcocClassifier(SampledClassifier):
         x = self._pre_logits(x)
         return x if pre_logits or not self.num_classes else self.decoder(self._code_bits(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        L = 1 if self.training else self.num_samples
-        if L == 1 or not self.has_ibp:
-            return super().forward(x)
-        # IBP draws one architecture z per forward: run the folded copies one by one.
-        return sample_average(lambda xs: torch.cat([self.forward_single(c) for c in xs.split(len(x))]), x, L,
-                              self.sample_average, self.max_batch)
 
 
 class EcocCNN(_EcocClassifier):
@@ -502,46 +496,53 @@ TRAINED: Dict[str, List[str]] = {
 }
 
 
-def _parse_tag(name: str, tag: str) -> Tuple[str, int]:
-    """Method and U of one of ``name``'s pretrained tags."""
-    tags = TAGS + TRAINED.get(name, [])
-    if tag not in tags:
-        raise ValueError(f'unknown pretrained tag {tag!r} of {name}; one of {tags}')
-    method = next(t for t in sorted(TAGS, key=len, reverse=True) if tag == t or tag.startswith(t + '_'))
-    return ('relu', DEFAULT_U) if method == 'relu' else (method.rsplit('_u', 1)[0], int(method.rsplit('_u', 1)[1]))
-
-
 def _arch_kwargs(network: str, dataset: str) -> Tuple[type, Dict[str, Any]]:
     net, ds = NETWORKS[network], DATASETS[dataset]
     kind = 'ensemble' if 'chunks' in net else 'standard'
     return (EcocEnsemble if kind == 'ensemble' else EcocCNN), {**ds[kind], **net}
 
 
-def _create(network: str, dataset: str, pretrained: bool, **kwargs) -> _EcocClassifier:
-    name = f'aistats_{network}_{dataset}'
+def parse_tag(name: str, tag: str, tags: Sequence[str]) -> Tuple[str, int]:
+    """Method and U of one of ``name``'s pretrained ``tags`` (method tags, or a method tag and what
+    the weights were trained on)."""
+    if tag not in tags:
+        raise ValueError(f'unknown pretrained tag {tag!r} of {name}; one of {list(tags)}')
+    method = next(t for t in sorted(TAGS, key=len, reverse=True) if tag == t or tag.startswith(t + '_'))
+    return ('relu', DEFAULT_U) if method == 'relu' else (method.rsplit('_u', 1)[0], int(method.rsplit('_u', 1)[1]))
+
+
+def build_with_method(model_cls: type, name: str, pretrained: bool, tags: Sequence[str], **kwargs) -> SampledClassifier:
+    """``build`` for a network whose ``method`` and ``U`` are kwargs and pretrained tags: the tag (from
+    'name.tag' or ``pretrained_cfg='tag'``) picks them, else they default to LWTA & IBP, U=2; L defaults
+    to the method's (``default_samples``). A method with no tag of ``name`` builds with no pretrained cfg."""
     tag = kwargs.pop('pretrained_cfg', None)
     if isinstance(tag, str):  # from 'name.tag' or pretrained_cfg='tag': the tag picks method and U
-        method, U = _parse_tag(name, tag)
+        method, U = parse_tag(name, tag, tags)
         for key, value in (('method', method), ('U', U)):
             if key in kwargs and kwargs[key] != value and not (key == 'U' and method == 'relu'):
                 raise ValueError(f'{name}.{tag} has {key}={value!r}, but {key}={kwargs[key]!r} was passed')
             kwargs.setdefault(key, value)
     elif tag is None:
         tag = method_tag(kwargs.setdefault('method', DEFAULT_METHOD), kwargs.setdefault('U', DEFAULT_U))
-        if tag not in TAGS:  # e.g. U=8: a valid architecture with no pretrained cfg of its own
+        if tag not in tags:  # e.g. U=8: a valid architecture with no pretrained cfg of its own
             if pretrained:
-                raise ValueError(f'{name} has no pretrained weights for {tag!r}; tags: {TAGS}')
+                raise ValueError(f'{name} has no pretrained weights for {tag!r}; tags: {list(tags)}')
             tag = None
             kwargs['pretrained_cfg_overlay'] = dict(tag=method_tag(kwargs['method'], kwargs['U']), hf_hub_id=None,
                                                     **(kwargs.get('pretrained_cfg_overlay') or {}))
     kwargs.setdefault('samples', default_samples(kwargs.get('method', DEFAULT_METHOD)))
+    return build(model_cls, name, pretrained, pretrained_cfg=tag, **kwargs)
+
+
+def _create(network: str, dataset: str, pretrained: bool, **kwargs) -> _EcocClassifier:
+    name = f'aistats_{network}_{dataset}'
     model_cls, arch = _arch_kwargs(network, dataset)
     if model_cls is EcocEnsemble and kwargs.get('features_only'):
         raise ValueError(f'{name} has no features_only mode: its trunks run side by side and feed a branch '
                          "per code bit, there is no single feature pyramid (forward_features gives the branches' maps)")
     # The stages' ends, hooked in a forward of the whole model (its first children are not a sequence).
     kwargs.setdefault('feature_cfg', dict(out_indices=(0, 1, 2), feature_cls='hook'))
-    return build(model_cls, name, pretrained, pretrained_cfg=tag, **{**arch, **kwargs})
+    return build_with_method(model_cls, name, pretrained, TAGS + TRAINED.get(name, []), **{**arch, **kwargs})
 
 
 default_cfgs = generate_default_cfgs({

@@ -5,7 +5,7 @@ state_dict). Keys: features.N (conv / bn), fc.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,23 @@ __all__ = ['VGGCifar']
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 VGG16_LAYERS = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M')
+
+
+def vgg_features(layers: Sequence[Union[int, str]], in_chans: int, conv: Callable[[int, int], List[nn.Module]]
+                 ) -> Tuple[nn.Sequential, List[Dict[str, Any]], int]:
+    """VGG's feature stack ``features``: the modules ``conv(in, out)`` gives for each width of ``layers``,
+    a 2x2 max-pool for each 'M'; with timm's feature_info (a level per pool) and the last width."""
+    feats: List[nn.Module] = []
+    chs, info, reduction = in_chans, [], 1
+    for v in layers:
+        if v == 'M':
+            feats.append(nn.MaxPool2d(2, 2))
+            reduction *= 2
+            info.append(dict(num_chs=chs, reduction=reduction, module=f'features.{len(feats) - 1}'))
+        else:
+            feats += conv(chs, v)
+            chs = v
+    return nn.Sequential(*feats), info, chs
 
 
 class VGGCifar(SampledClassifier):
@@ -41,16 +58,8 @@ class VGGCifar(SampledClassifier):
         act_layer = make_act_layer(act, lwta_args)
         self.num_classes, self.in_chans = num_classes, in_chans
         self.normalize = Normalize(mean, std, **dd)
-        feats, chs, self.feature_info, reduction = [], in_chans, [], 1
-        for v in layers:
-            if v == 'M':
-                feats.append(nn.MaxPool2d(2, 2))
-                reduction *= 2
-                self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f'features.{len(feats) - 1}'))
-            else:
-                feats += [nn.Conv2d(chs, v, 3, padding=1, **dd), nn.BatchNorm2d(v, **dd), act_layer(inplace=True)]
-                chs = v
-        self.features = nn.Sequential(*feats)
+        self.features, self.feature_info, chs = vgg_features(layers, in_chans, lambda i, o: [
+            nn.Conv2d(i, o, 3, padding=1, **dd), nn.BatchNorm2d(o, **dd), act_layer(inplace=True)])
         self.init_head(chs, num_classes, global_pool)
 
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
