@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import __version__, hub
+from . import __version__, hub, table4
 from .attacks.suite import card_results, report_label
 
 PAPERS_PROTOCOLS = ('WRN paper', 'AISTATS paper')  # the attacks' ``protocol`` values that are a paper's own
@@ -492,7 +492,17 @@ def _boards(all_rows: List[Row]) -> Dict[BoardKey, List[Row]]:
     return boards
 
 
-def _index(boards: Dict[BoardKey, List[Row]], models: Dict[str, Row]) -> str:
+def _table4_page(table: List[table4.Table4Row], boards: Dict[BoardKey, List[Row]]) -> str:
+    """The AISTATS paper's Table 4 beside the zoo's Fashion-MNIST rows (lwta_zoo.table4; table4.json holds them)."""
+    head = ''.join(f'<th>{_e(h)}</th>' for h in table4.HEADER)
+    body = ''.join('<tr>' + ''.join(f'<td>{_e(c)}</td>' for c in row) + '</tr>' for row in table4.cells(table))
+    return _page("The AISTATS paper's Table 4", f"""<h1>The AISTATS paper's Table 4 on Fashion-MNIST</h1>
+<p>{_e(table4.PROTOCOL)}</p>
+<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
+<p>{_e(table4.conclusion(table))}</p><p><a href="table4.json">table4.json</a></p>""", boards)
+
+
+def _index(boards: Dict[BoardKey, List[Row]], models: Dict[str, Row], with_table4: bool = False) -> str:
     links = ''.join(f'<li><a href="{_board_file(k)}">{_e(rows_[0].dataset_name)} &middot; {_e(budget(*k[1:]))}</a>'
                     '</li>' for k, rows_ in boards.items())
     model_links = ''.join(f'<li>{_model_link(m, _model_file(m))} <span class="muted">&middot; {_e(r.architecture)} '
@@ -506,6 +516,8 @@ ReLU networks beside stochastic LWTA ones. Every figure is read from the model's
 a model without a report is listed as not evaluated. Written by <code>lwta-zoo leaderboard</code>
 (lwta_zoo {_e(__version__)}); MODEL_CARDS.md lists the same rows.</p>
 <h2>By dataset and threat model</h2><ul class="boards">{links}</ul>
+{'<h2>Papers</h2><ul><li><a href="table4.html">The AISTATS paper&#39;s Table 4 on Fashion-MNIST</a></li></ul>'
+ if with_table4 else ''}
 <h2>Models</h2><ul class="models">{model_links}</ul>"""
     return _page('Leaderboard', body, boards)
 
@@ -521,7 +533,13 @@ def write_site(output: Path) -> List[Path]:
     boards = _boards(all_rows)
     (output / 'style.css').write_text(STYLE, encoding='utf-8')
     pages = [output / 'index.html']
-    pages[0].write_text(_index(boards, {r.model: r for r in all_rows}), encoding='utf-8')
+    table = table4.rows()
+    with_table4 = table4.complete(table)  # once the five Table 4 models ship all their reports
+    pages[0].write_text(_index(boards, {r.model: r for r in all_rows}, with_table4), encoding='utf-8')
+    if with_table4:
+        (output / 'table4.json').write_text(table4.to_json(table), encoding='utf-8')
+        pages.append(output / 'table4.html')
+        pages[-1].write_text(_table4_page(table, boards), encoding='utf-8')
     for key, board_rows in boards.items():
         page = output / _board_file(key)
         plot = page.with_suffix('.svg')

@@ -31,7 +31,7 @@ import torch
 
 from lwta_zoo.data import load_arrays, read_npz
 from lwta_zoo.hub import load_pretrained, save_pretrained
-from lwta_zoo.models.aistats import METHODS, method_tag
+from lwta_zoo import table4
 from publishing import ROOT, clean_result, copy_reports, report_results
 
 ADAPTIVE = '--attacks pgd20,eot_pgd,pgd_mean,pgd_max,pgd_ste,apgd_mean --adaptive-steps 20 --eot-samples 5'
@@ -90,7 +90,7 @@ FAMILIES = {
             **({} if key == 'relu' else {'cw_mean_n100': '--n 100 --attacks cw_mean --batch-size 100 --samples 1'})}),
     'fmnist_vs': Family(
         **FMNIST_DATA,
-        models={m: f'aistats_softmax_mnist.{method_tag(m, 2)}_fmnist_vs' for m in METHODS},
+        models={m: table4.model_name(m) for m in table4.METHODS},  # Table 4's rows, in its order
         recipe='recipes/aistats_softmax_fmnist_{key}_vs.yaml', run='runs/fmnist_vs/{key}', train_args='train.threads=1',
         machine='Trained on CPU, one torch thread, on one core of a 2-core machine shared with other work',
         evals=lambda key: {
@@ -98,11 +98,11 @@ FAMILIES = {
             # PGD with 500 iterations at the model's L (the paper's S=5 for the stochastic methods), and the
             # Random attack (every report measures it); CW and Blind-Spot at L=1: at L=5 they alone would take
             # about 3 h of a core per stochastic model (benchmarks/aistats_fmnist_vs.py), over the 2 h budget
-            'papers_pgd_n100': '--n 100 --attacks aistats_pgd --batch-size 100',
-            'papers_cw_n100': '--n 100 --attacks aistats_cw,aistats_blind_spot --samples 1 --batch-size 100',
+            table4.PAPERS_PGD: '--n 100 --attacks aistats_pgd --batch-size 100',
+            table4.PAPERS_CW: '--n 100 --attacks aistats_cw,aistats_blind_spot --samples 1 --batch-size 100',
             # the adaptive suite of the other Fashion-MNIST models at the model's L; its first 100 examples
             # are the papers' 100 (the same seeded permutation), so the reports pair
-            'suite_n500': f'--n 500 {ADAPTIVE} --batch-size 250'}),
+            table4.ADAPTIVE: f'--n 500 {ADAPTIVE} --batch-size 250'}),
     'cifar10_wrn34_1': Family(
         dataset='cifar10', dataset_name='CIFAR-10',
         models={'relu': 'wrn34_1.cifar10_nfgsm', 'lwta': 'wrn34_1_lwta.cifar10_nfgsm',
