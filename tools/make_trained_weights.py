@@ -96,8 +96,9 @@ FAMILIES = {
         evals=lambda key: {
             # the AISTATS paper's Table 4 protocol at Fashion-MNIST's eps 0.1 (ours; the paper's MNIST eps is 0.3):
             # PGD with 500 iterations at the model's L (the paper's S=5 for the stochastic methods), and the
-            # Random attack (every report measures it); CW and Blind-Spot at L=1: at L=5 they alone would take
-            # about 3 h of a core per stochastic model (benchmarks/aistats_fmnist_vs.py), over the 2 h budget
+            # Random attack (every report measures it); CW and Blind-Spot at L=1: at L=1 they took 0.3-1.4 h per
+            # model in the fmnist family's papers_n100 reports (their time_s), and at L=5 every step costs five
+            # forwards, about 1.7-7 h, over the budget of about 2 h of a core per model's evaluation
             table4.PAPERS_PGD: '--n 100 --attacks aistats_pgd --batch-size 100',
             table4.PAPERS_CW: '--n 100 --attacks aistats_cw,aistats_blind_spot --samples 1 --batch-size 100',
             # the adaptive suite of the other Fashion-MNIST models at the model's L; its first 100 examples
