@@ -603,7 +603,12 @@ def _training(recipe: Optional[Dict[str, Any]], provenance: Dict[str, Any]) -> O
         text += (f'; about {steps * per_step / 60:.0f} min of training ({steps} x the median {per_step} s per step '
                  'the run logged; its total time was not recorded)')
     machines = provenance.get('machines')
-    return text + (f"; on {' and '.join(machines)}." if machines else '; the CPU model was not recorded.')
+    text += f"; on {' and '.join(machines)}." if machines else '; the CPU model was not recorded.'
+    curve = provenance.get('clean_accuracy_curve')
+    if curve:
+        text += (' Clean test accuracy (the recipe\'s eval.samples, all the test images) after epoch '
+                 + ', '.join(f"{p['epoch']:g}: {100 * p['test_clean_acc']:.1f}%" for p in curve) + '.')
+    return text
 
 
 def _limitations(cfg: Dict[str, Any], metrics: Optional[Dict[str, Any]], stochastic: bool) -> str:

@@ -7,6 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from lwta_zoo.hub import _training
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools'))
 import make_trained_weights  # noqa: E402
 import runs_in_progress  # noqa: E402
@@ -43,6 +45,15 @@ def test_training_cost_resumed_behind_the_last_record_counts_each_step_once():
     cost = make_trained_weights.training_cost(log, steps_trained=20)
     assert cost['train_step_hours'] == pytest.approx(10 + 2 + 8 * 0.5)
     assert cost['machines'] == ['A, 2 CPUs, 1 torch thread(s), bf16 autocast (16.0 h)']
+
+
+def test_the_card_gives_the_clean_curve_the_run_logged_every_epoch_and_at_its_end():
+    log = [_start(0, 'EPYC', 1, False), _step(5, 1.0), {'step': 10, 'epoch': 1, 'test_clean_acc': 0.7125},
+           _step(15, 1.0), {'step': 20, 'epoch': 2.0, 'test_clean_acc': 0.8, 'final': True}]
+    curve = make_trained_weights.clean_curve(log)
+    assert curve == [{'epoch': 1, 'test_clean_acc': 0.7125}, {'epoch': 2.0, 'test_clean_acc': 0.8}]
+    card = _training({'train': {'batch_size': 8, 'epochs': 2}}, {'steps_trained': 20, 'clean_accuracy_curve': curve})
+    assert card.endswith('after epoch 1: 71.2%, 2: 80.0%.')
 
 
 def test_training_cost_of_a_log_without_steps_is_empty():

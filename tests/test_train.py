@@ -24,7 +24,7 @@ import yaml
 
 import lwta_zoo  # noqa: F401  (registers the models)
 from lwta_zoo.checkpoint import load_state
-from lwta_zoo.data import DatasetNotFound
+from lwta_zoo.data import DatasetNotFound, VermaSwamiAugment
 from lwta_zoo.layers.lwta import LWTA
 from lwta_zoo.recipe import AdversarySection, RecipeError, load_recipe, recipe_from_dict
 from lwta_zoo.train import Trainer, lr_factor, main, train
@@ -286,3 +286,56 @@ def test_a_recipe_extends_another_and_differs_only_where_it_says(tmp_path: Path)
         load_recipe(tmp_path / 'orphan.yaml')
     with pytest.raises(RecipeError, match='is not a file'):
         load_recipe(tmp_path)
+
+
+TABLE4_RECIPES = {m: ROOT / 'recipes' / f'aistats_softmax_fmnist_{m}_vs.yaml'
+                  for m in ('relu', 'lwta_max', 'lwta_max_ibp', 'lwta', 'lwta_ibp')}
+
+
+def test_table4_recipes_differ_only_in_the_method_and_where_the_paper_or_determinism_says() -> None:
+    """The five no-AT recipes are one recipe: each extends the LWTA & IBP one and changes its method; the
+    ReLU baseline also trains by SGD (the paper), the deterministic networks monitor with one prediction."""
+    base = load_recipe(TABLE4_RECIPES['lwta_ibp']).to_dict()
+    assert base['adversary']['method'] == 'none' and base['data']['augment'] == 'verma_swami'
+    assert base['eval']['samples'] == 5 and base['model']['args']['lwta_args'] == {'kl': 'relaxed', 'tau': 0.67,
+                                                                                    'prior_tau': 0.5}
+    for method, path in TABLE4_RECIPES.items():
+        recipe = load_recipe(path).to_dict()
+        assert recipe['model']['args']['method'] == method
+        differs = {(section, key) for section in base if isinstance(base[section], dict)
+                   for key in set(base[section]) | set(recipe[section]) if base[section].get(key) != recipe[section].get(key)}
+        expected = {('model', 'args')} if method != 'lwta_ibp' else set()
+        expected |= {('eval', 'samples')} if method in ('relu', 'lwta_max') else set()
+        expected |= {('optim', 'name'), ('optim', 'lr')} if method == 'relu' else set()
+        assert differs == expected, method
+        args = recipe['model']['args']
+        assert args == {**base['model']['args'], 'method': method, **({'lwta_args': None} if method == 'relu' else {})}
+
+
+def test_table4_recipe_trains_on_verma_swami_batches_without_attack_and_logs_the_clean_curve(
+        data_root: Path, tmp_path: Path) -> None:
+    """The committed recipe, on the synthetic set for a few steps: its batches come through Verma & Swami's
+    augmentation (noise 0.3, blending 0.3, clipped), the loss is the ELBO on them as they are (no attack), and
+    every epoch logs clean accuracy."""
+    fast = [f'data.root={data_root}', 'data.download=false', 'train.epochs=2', 'train.batch_size=16',
+            'train.threads=1', 'train.log_every=1', 'eval.batch_size=32']
+    trainer = Trainer(load_recipe(TABLE4_RECIPES['relu'], fast), tmp_path / 'relu')
+    try:
+        augment = trainer.train_set.transform
+        assert isinstance(augment, VermaSwamiAugment) and (augment.noise_std, augment.blend, augment.geometric) == (
+            0.3, 0.3, False) and augment.images is trainer.train_set.images
+        x, y = next(trainer._batches())
+        plain = trainer.train_set.images[:N_TRAIN].float().div(255)
+        assert x.min() >= 0 and x.max() <= 1 and not any(torch.equal(x[0], p) for p in plain)
+        assert 0.15 < (x - plain[trainer._epoch_indices(0)[:16]]).std() < 0.45  # noise and a partner image
+        model = trainer.model.train()
+        loss, parts, logits = trainer.training_loss(x, y)
+        torch.testing.assert_close(logits, model(x))  # the batch itself, not an adversarial one
+        assert parts['kl'] == 0 and loss.item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    finally:
+        trainer.close()
+    train(load_recipe(TABLE4_RECIPES['lwta_ibp'], fast), tmp_path / 'lwta_ibp')
+    log = read_log(tmp_path / 'lwta_ibp')
+    assert [r['epoch'] for r in log if 'test_clean_acc' in r] == [1, 2]  # eval.every 1, then the final evaluation
+    assert not any('test_pgd_acc' in r for r in log) and all(r['kl'] > 0 for r in log if 'kl' in r)
+    assert json.loads((tmp_path / 'lwta_ibp' / 'final_metrics.json').read_text())['samples'] == 5

@@ -7,7 +7,9 @@ record is kept as recorded. A folder of weights lwta_zoo does not redistribute (
 gets its config.json and README.md the same way, from a model built by its config. Then
 MODEL_CARDS.md lists the weights with their measurements (and how to convert those not
 redistributed), the zoo's architectures without weights and the recipes that would train them,
-and the papers' own figures, quoted as theirs.
+and the papers' own figures, quoted as theirs. Once the five Table 4 models (lwta_zoo.table4) ship all
+their reports, MODEL_CARDS.md gets the Table 4 section, and README.md's summary line (between the
+``<!-- table4 -->`` and ``<!-- /table4 -->`` markers; printed if README has none) is rewritten from it.
 
     python tools/make_model_cards.py
 """
@@ -24,6 +26,7 @@ import yaml
 from safetensors.torch import load_file
 
 import lwta_zoo
+from lwta_zoo import table4
 from lwta_zoo.hub import (
     CARD_FILE, CONFIG_FILE, SHIPPED_WEIGHTS, WEIGHTS_FILE, conversion, format_eps, load_pretrained, save_pretrained,
     shipped_weights,
@@ -185,6 +188,23 @@ def _unpublished() -> List[str]:
     return rows
 
 
+def _table4() -> List[str]:
+    """MODEL_CARDS.md's Table 4 section, and README's summary line, once every Table 4 model ships its reports."""
+    table = table4.rows()
+    if not table4.complete(table):
+        return []
+    line = table4.summary_line(table)
+    readme = (ROOT / 'README.md').read_text()
+    start, end = '<!-- table4 -->', '<!-- /table4 -->'
+    if start in readme and end in readme:
+        head, rest = readme.split(start, 1)
+        (ROOT / 'README.md').write_text(f'{head}{start}\n{line}\n{end}{rest.split(end, 1)[1]}')
+        print('wrote README.md (the Table 4 summary line)')
+    else:
+        print(f'README.md has no {start} ... {end} markers; its Table 4 summary line:\n{line}')
+    return table4.markdown(table)
+
+
 def main() -> None:
     for name in shipped_weights():
         recard(SHIPPED_WEIGHTS / name)
@@ -214,6 +234,7 @@ def main() -> None:
         '## Published weights', '', *_published(), '', *_not_redistributed(),
         'RobustBench names of published weights (`load_model(name, dataset, threat)` finds them through timm): '
         + ', '.join(f'`{n}`' for n in zoo_model_names() if ROBUSTBENCH_ALIAS.search(n)) + '.', '',
+        *_table4(),
         '## Architectures without weights yet', '', *_unpublished(), '',
         PAPERS])
     (ROOT / 'MODEL_CARDS.md').write_text(text)

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from .. import __version__, hub
+from .. import __version__, hub, table4
 from ..models import HF_ORG
 from .rows import PAPERS_PROTOCOLS, STATUSES, BoardKey, Row, boards, budget, report_folders, rows
 
@@ -66,6 +66,13 @@ def _environment() -> Environment:
         split_name=lambda name: (name.rpartition('.')[0], re.split(r'(?<=_)', name.rpartition('.')[2])),
         attack_figures=lambda row: {f.name: f for f in row.attacks})
     return env
+
+
+def table4_page(table: List[table4.Table4Row], by_board: Dict[BoardKey, List[Row]]) -> str:
+    """The AISTATS paper's Table 4 beside the zoo's Fashion-MNIST rows (lwta_zoo.table4; table4.json holds them)."""
+    return _environment().get_template('table4.html').render(
+        boards=by_board, title="The AISTATS paper's Table 4", root='', protocol=table4.PROTOCOL, header=table4.HEADER,
+        cells=table4.cells(table), conclusion=table4.conclusion(table))
 
 
 def plot_board(board: List[Row], path: Path) -> bool:
@@ -185,9 +192,16 @@ def write_site(output: Path, overwrite: bool = False) -> List[Path]:
         plot = output / f'{board_id(key)}.svg'
         plots[key] = plot.name if key[1] and plot_board(board, plot) else None
         written += [plot] if plots[key] else []
+    table = table4.rows()
+    with_table4 = table4.complete(table)  # once the five Table 4 models ship all their reports
     pages = [output / 'index.html']
-    pages[0].write_text(env.get_template('index.html').render(**context, plots=plots, title='Leaderboard', root=''),
-                        encoding='utf-8')
+    pages[0].write_text(env.get_template('index.html').render(**context, plots=plots, title='Leaderboard', root='',
+                                                              with_table4=with_table4), encoding='utf-8')
+    if with_table4:
+        (output / 'table4.json').write_text(table4.to_json(table), encoding='utf-8')
+        written.append(output / 'table4.json')
+        pages.append(output / 'table4.html')
+        pages[-1].write_text(table4_page(table, by_board), encoding='utf-8')
     hub_repo = hub.CODE_REPOSITORY.split('github.com/')[-1]
     for name in names:
         folder = hub.SHIPPED_WEIGHTS / name

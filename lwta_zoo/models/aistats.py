@@ -489,10 +489,12 @@ def method_tag(method: str, U: int) -> str:
 
 
 TAGS = [method_tag(m, U) for m in reversed(METHODS) for U in (2, 4) if m != 'relu'] + ['relu']
-# Weights this repo trained (recipes/fmnist_*_pgd.yaml): '<method tag>_<training>' per architecture.
+# Weights this repo trains: '<method tag>_<training>' per architecture. '_fmnist_pgd': Fashion-MNIST with PGD
+# adversarial training (recipes/fmnist_*_pgd.yaml); '_fmnist_vs': Fashion-MNIST with no adversarial training,
+# Verma & Swami's augmentation, the AISTATS paper's Table 4 (recipes/aistats_softmax_fmnist_*_vs.yaml).
 TRAINED: Dict[str, List[str]] = {
     'aistats_softmax_mnist': ['relu_fmnist_pgd', 'lwta_u2_fmnist_pgd', 'lwta_u2_fmnist_adaptive_pgd',
-                              'lwta_ibp_u2_fmnist_pgd'],
+                              'lwta_ibp_u2_fmnist_pgd'] + [f'{method_tag(m, 2)}_fmnist_vs' for m in METHODS],
 }
 
 
