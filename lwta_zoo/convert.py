@@ -17,6 +17,8 @@ def convert(model: nn.Module, U: int = 2, **lwta_kwargs) -> nn.Module:
     (``F.relu``) are not modules and are left alone. A channel count that U does not divide
     is reported, with the module path, on the first forward.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f'convert needs a torch.nn.Module to change, got {type(model).__name__} {model!r:.60}')
     LWTA(U=U, **lwta_kwargs)  # validate the settings before touching the model
     for path, module in list(model.named_modules()):
         for name, child in module.named_children():
