@@ -169,12 +169,12 @@ def _check_keys(state_dict: Dict[str, torch.Tensor], model: nn.Module, source: A
         raise ValueError(f'Weights {source} hold integer or boolean tensors where {arch} has floating-point ones: '
                          f'{_listing(kinds)}; casting them would give another model. Export the weights in float')
     check_finite(state_dict, source)
-    if built is not None:
-        check_built_network(Path(source), built)
     if isinstance(source, (str, Path)) and Path(source).name == WEIGHTS_FILE:  # an exported folder's weights
         config = Path(source).with_name(CONFIG_FILE)
-        if config.is_file():
+        if config.is_file():  # an edited config.json, named field by field
             check_config_matches(Path(source), read_config(config), config)
+    if built is not None:
+        check_built_network(Path(source), built)
     return state_dict
 
 
@@ -1047,10 +1047,11 @@ def import_checkpoint(
                              provenance={**(provenance or {}), 'checkpoint': source, **notes})
     got = tensors_sha256(folder / WEIGHTS_FILE) if record else None
     if record and got != record['tensors_sha256']:
-        (folder / WEIGHTS_FILE).unlink()
+        for name in (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE):  # what this call wrote: the folder held none of them
+            (folder / name).unlink()
         raise ValueError(f"Converting {checkpoint} as {model_name} gave tensors with sha256 {got}, not the recorded "
                          f"{record['tensors_sha256']} (layout {layout!r}; the recorded command: {record['command']}); "
-                         f'{folder / WEIGHTS_FILE} was removed')
+                         f'the files it wrote to {folder} were removed')
     card = SHIPPED_WEIGHTS / model_name
     if record and metrics is None and provenance is None and card.resolve() != folder.resolve():
         for file in [CARD_FILE] + upload_files(card)[1:]:  # config.json and eval/: the folder as it would have shipped

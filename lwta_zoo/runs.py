@@ -144,19 +144,24 @@ def claim(folder: Path, checkpoint: str, *, resume: bool = False, overwrite: boo
     if existing and not (resume or overwrite):
         raise RunFolderError(f'{folder} holds a training run ({", ".join(existing)}); continue it with --resume, '
                              'replace it with --overwrite, or choose another --output')
+    return take(RunLock(folder), existing if overwrite else [])
+
+
+def take(lock: RunLock, replaced: List[str]) -> RunLock:
+    """Create the lock's folder if need be (removed again if the lock cannot be had), take the lock, then remove
+    the ``replaced`` files and folders of the run it replaces (``--overwrite``)."""
+    folder = lock.path.parent
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(folder)
     try:
         lock.acquire()
     except BaseException:
         if created:
             folder.rmdir()
         raise
-    if overwrite:
-        for name in existing:
-            path = folder / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for name in replaced:
+        path = folder / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     return lock
 
 

@@ -609,7 +609,7 @@ def test_unclear_messages_name_the_file_or_option(export: Path, tmp_path: Path, 
     noise = tmp_path / 'noise.npz'
     noise.write_bytes(bytes(range(256)) * 8)
     line = fails(eval_args(export, noise, out), capsys, tmp_path)
-    assert f'{noise} is not an .npz archive' in line and 'pickle' not in line, line
+    assert f'{noise} is not a readable .npz archive (not a zip file)' in line and 'pickle' not in line, line
     (out / 'partial').mkdir(parents=True)
     (out / 'partial' / 'rank0-of-1.json').write_text('{"config": ')
     line = fails(tiny_eval(export, out, '--resume'), capsys, tmp_path)

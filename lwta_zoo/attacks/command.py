@@ -22,7 +22,6 @@ import argparse
 import math
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -31,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..runs import RunFolderError, RunLock
+from ..runs import RunFolderError, RunLock, take
 from . import plots
 from .suite import BUDGETS, CHANNELS, PRESETS, evaluate, select, suite
 
@@ -190,18 +189,7 @@ def claim_output(folder: Path, *, resume: bool, overwrite: bool) -> RunLock:
     if held and not (resume or overwrite):
         raise RunFolderError(f'--output {folder} holds an evaluation ({", ".join(held)}); continue that run with '
                              '--resume, replace it with --overwrite, or choose another --output')
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        lock.acquire()
-    except BaseException:
-        if created:
-            folder.rmdir()
-        raise
-    if overwrite:
-        for name in held:
-            shutil.rmtree(folder / name) if (folder / name).is_dir() else (folder / name).unlink()
-    return lock
+    return take(lock, held if overwrite else [])
 
 
 def run_eval(args: argparse.Namespace) -> int:
