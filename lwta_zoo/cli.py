@@ -77,10 +77,16 @@ def one_line(error: BaseException) -> str:
 
 
 def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Namespace, prog: str) -> int:
-    """``func(args)``, with every error turned into one line on stderr and exit status 2."""
+    """``func(args)``, with every error turned into one line on stderr and exit status 2, and Ctrl-C that the
+    command does not handle itself into one line and exit status 130 (128 + SIGINT)."""
     try:
         check_ranges(args)
         return func(args) or 0
+    except KeyboardInterrupt:
+        if getattr(args, 'debug', False):
+            traceback.print_exc()
+        print(f'{prog}: interrupted (Ctrl-C)', file=sys.stderr)
+        return 130
     except Exception as e:  # noqa: BLE001  (the one error path: a message, not a traceback)
         if getattr(args, 'debug', False):
             traceback.print_exc()

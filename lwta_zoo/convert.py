@@ -62,7 +62,7 @@ def convert(model: nn.Module, U: int = 2, *, example_inputs: Optional[ExampleInp
     Returns ``model``; ``model.lwta_conversion`` lists each converted site (print it).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f'convert: expected an nn.Module, got {type(model).__name__}')
+        raise TypeError(f'convert needs a torch.nn.Module to change, got {type(model).__name__} {model!r:.60}')
     LWTA(U=U, **lwta_kwargs)  # validate the settings before touching the model
     if example_inputs is not None and not isinstance(example_inputs, (torch.Tensor, tuple)):
         raise TypeError('convert: example_inputs must be a tensor or a tuple of the positional arguments of '

@@ -25,7 +25,10 @@ to convert the source checkpoint, and the import checks its sha256 and that of t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -35,13 +38,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
 import torch.nn as nn
 import yaml
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCardData, hf_hub_download
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCardData, get_token, hf_hub_download
 from huggingface_hub.errors import (
     LocalEntryNotFoundError, OfflineModeIsEnabled, RemoteEntryNotFoundError, RepositoryNotFoundError,
     RevisionNotFoundError,
@@ -64,6 +67,9 @@ STATE_DICT_KEYS = ('state_dict', 'model_state_dict', 'model')  # where checkpoin
 # safetensors metadata entry: the config.json entries that built the exported network (see model_identity)
 MODEL_META = 'lwta_zoo.model'
 RUNTIME_ARGS = ('samples', 'sample_average', 'max_batch')  # model_args that set how it predicts, not what it is
+EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, 'eval')  # what an exported folder holds (import --overwrite)
+# Whether weights without the MODEL_META record may be loaded on the config's word (see trusting_config).
+_TRUST_CONFIG: contextvars.ContextVar[bool] = contextvars.ContextVar('lwta_zoo_trust_config', default=False)
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -85,27 +91,33 @@ def check_safetensors(path: Union[str, Path]) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'No weights file {path}')
-    with path.open('rb') as f:
-        head = f.read(4)
-    if head[:1] == b'\x80' or head == b'PK\x03\x04':
-        raise ValueError(
-            f'{path} is a torch/pickle checkpoint, not safetensors; lwta_zoo never unpickles weights. '
-            f'Convert a trusted checkpoint with `lwta-zoo import`.')
     try:
         with safe_open(str(path), 'pt') as f:
             f.keys()
     except SafetensorError as e:
+        with path.open('rb') as f:  # a pickle's or zip's first bytes (a safetensors header length may start 0x80)
+            head = f.read(4)
+        if head[:1] == b'\x80' or head == b'PK\x03\x04':
+            raise ValueError(
+                f'{path} is a torch/pickle checkpoint, not safetensors; lwta_zoo never unpickles weights. '
+                f'Convert a trusted checkpoint with `lwta-zoo import`.') from e
         raise ValueError(f'{path} is not a valid safetensors file ({e}); refusing to load it') from e
     return path
 
 
-def _read_config(path: Path) -> Dict[str, Any]:
+def read_config(path: Union[str, Path]) -> Dict[str, Any]:
+    """A model folder's config.json, refused with its path unless it is a JSON object naming a zoo architecture,
+    with ``model_args`` (if any) a mapping."""
+    path = Path(path)
     try:
         config = json.loads(path.read_text(encoding='utf-8'))
         arch = config['architecture']
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f'{path} is not a timm model config with an "architecture": {e}') from e
     _require_zoo_architecture(arch, str(path))
+    if not isinstance(config.get('model_args') or {}, dict):
+        raise ValueError(f'{path}: "model_args" must be a mapping of build arguments (e.g. {{"method": "lwta"}}), '
+                         f'got {type(config["model_args"]).__name__} {config["model_args"]!r}')
     return config
 
 
@@ -114,7 +126,7 @@ def check_export(folder: Union[str, Path]) -> Dict[str, Any]:
     folder = Path(folder)
     if not (folder / CONFIG_FILE).is_file():
         raise FileNotFoundError(f'{folder} is not an exported model folder: it has no {CONFIG_FILE}')
-    config = _read_config(folder / CONFIG_FILE)
+    config = read_config(folder / CONFIG_FILE)
     check_safetensors(folder / WEIGHTS_FILE)
     return config
 
@@ -134,9 +146,12 @@ def check_finite(state_dict: Dict[str, torch.Tensor], source: Any) -> None:
         raise ValueError(f'Weights {source} hold non-finite values (NaN or inf) in {_listing(bad)}; refusing them')
 
 
-def _check_keys(state_dict: Dict[str, torch.Tensor], model: nn.Module, source: Any) -> Dict[str, torch.Tensor]:
-    """Refuse weights whose keys or shapes differ from ``model``'s, non-finite weights, and a config.json
-    beside them that no longer describes the network they were exported from; a timm ``pretrained_filter_fn``."""
+def _check_keys(state_dict: Dict[str, torch.Tensor], model: nn.Module, source: Any,
+                built: Optional[Dict[str, Any]] = None) -> Dict[str, torch.Tensor]:
+    """Refuse weights whose keys, shapes or kinds (integer for floating point) differ from ``model``'s,
+    non-finite weights, weights recorded as exported from another network than ``built`` (``network``), and a
+    config.json beside them that no longer describes the network they were exported from; a timm
+    ``pretrained_filter_fn``."""
     own = model.state_dict()
     missing, unexpected = set(own) - set(state_dict), set(state_dict) - set(own)
     arch = getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)
@@ -149,11 +164,17 @@ def _check_keys(state_dict: Dict[str, torch.Tensor], model: nn.Module, source: A
     if shapes:
         raise ValueError(f'Weights {source} do not fit {arch}: shapes differ at {len(shapes)} keys: '
                          + ', '.join(shapes[:4]) + (', ...' if len(shapes) > 4 else ''))
+    kinds = [f'{k} ({v.dtype})' for k, v in state_dict.items() if own[k].is_floating_point() and not v.is_floating_point()]
+    if kinds:
+        raise ValueError(f'Weights {source} hold integer or boolean tensors where {arch} has floating-point ones: '
+                         f'{_listing(kinds)}; casting them would give another model. Export the weights in float')
     check_finite(state_dict, source)
     if isinstance(source, (str, Path)) and Path(source).name == WEIGHTS_FILE:  # an exported folder's weights
         config = Path(source).with_name(CONFIG_FILE)
-        if config.is_file():
-            check_config_matches(Path(source), _read_config(config), config)
+        if config.is_file():  # an edited config.json, named field by field
+            check_config_matches(Path(source), read_config(config), config)
+    if built is not None:
+        check_built_network(Path(source), built)
     return state_dict
 
 
@@ -164,15 +185,80 @@ def model_identity(config: Dict[str, Any]) -> Dict[str, Any]:
     return {'architecture': config.get('architecture'), 'num_classes': config.get('num_classes'), 'model_args': args}
 
 
-def check_config_matches(weights: Path, config: Dict[str, Any], where: Any) -> None:
-    """Refuse a config.json whose model identity differs from the one recorded in the weights at export
-    (an edited ``model_args`` would rebuild another network around the same weights). Weights exported
-    before the record existed pass unchecked."""
+def network(architecture: Any, model_args: Dict[str, Any]) -> Dict[str, Any]:
+    """What weights cannot tell apart by their keys and shapes: the architecture, its activation ('act', and
+    LWTA's U), an AISTATS network's ``method`` (relu, lwta, lwta_ibp) and U; defaults filled in."""
+    out: Dict[str, Any] = {'architecture': architecture}
+    if 'method' in model_args:  # the AISTATS networks: method and U, which a ReLU network ignores
+        out['method'] = model_args['method']
+        if model_args['method'] != 'relu':
+            out['U'] = model_args.get('U')
+        return out
+    out['act'] = model_args.get('act') or 'relu'
+    if out['act'] == 'lwta':
+        from .layers.lwta import LWTA  # lwta_zoo.layers imports lwta_zoo.kernels, which need not load for export
+
+        out['U'] = (model_args.get('lwta_args') or {}).get('U', inspect.signature(LWTA).parameters['U'].default)
+    return out
+
+
+@contextlib.contextmanager
+def trusting_config() -> Iterator[None]:
+    """Within it, weights that do not record the network they were exported from (third-party safetensors)
+    load into the network the config and arguments describe, unchecked; ``load_pretrained(trust_config=True)``."""
+    token = _TRUST_CONFIG.set(True)
+    try:
+        yield
+    finally:
+        _TRUST_CONFIG.reset(token)
+
+
+def _record(weights: Path) -> Optional[Dict[str, Any]]:
+    """The model identity (``model_identity``) recorded in a safetensors file's metadata at export, if any."""
     with safe_open(str(weights), 'pt') as f:
         recorded = (f.metadata() or {}).get(MODEL_META)
-    if recorded is None:
-        return
-    saved, now = json.loads(recorded), model_identity(config)
+    try:
+        record = json.loads(recorded) if recorded is not None else None
+    except ValueError as e:
+        raise ValueError(f'{weights}: its {MODEL_META} metadata is not JSON ({e}); refusing it') from e
+    if record is not None and not (isinstance(record, dict) and isinstance(record.get('model_args'), dict)):
+        raise ValueError(f'{weights}: its {MODEL_META} metadata is not a model record; refusing it')
+    return record
+
+
+def _unrecorded(weights: Path) -> ValueError:
+    return ValueError(
+        f'{weights} does not record the network it was exported from ({MODEL_META} metadata), so nothing shows '
+        'that the architecture, method and U being built are its own. If you know they are, load it with '
+        'trust_config=True (lwta_zoo.load_pretrained, lwta-zoo eval --trust-config) or inside '
+        'lwta_zoo.hub.trusting_config(), and re-export it with save_pretrained to record them')
+
+
+def check_built_network(weights: Path, built: Dict[str, Any]) -> None:
+    """Refuse weights whose record (``MODEL_META``) names another ``network`` than ``built``, the one being
+    built, naming both; and weights without a record, unless within ``trusting_config``."""
+    record = _record(weights)
+    if record is None:
+        if _TRUST_CONFIG.get():
+            return
+        raise _unrecorded(weights)
+    saved = network(record.get('architecture'), record['model_args'])
+    if saved != built:
+        text = lambda n: ', '.join(f'{k}={v!r}' for k, v in n.items())  # noqa: E731
+        raise ValueError(f'{weights} were exported from another network ({text(saved)}) than the one being built '
+                         f'({text(built)}); load them as the network they record, or choose the weights of this one')
+
+
+def check_config_matches(weights: Path, config: Dict[str, Any], where: Any) -> None:
+    """Refuse a config.json whose model identity differs from the one recorded in the weights at export
+    (an edited ``model_args`` would rebuild another network around the same weights), and weights without
+    the record unless within ``trusting_config``."""
+    saved = _record(weights)
+    if saved is None:
+        if _TRUST_CONFIG.get():
+            return
+        raise _unrecorded(weights)
+    now = model_identity(config)
     diff = differences(saved, now)
     if diff:
         flat_saved, flat_now = flatten(saved), flatten(now)
@@ -315,7 +401,9 @@ def resolve_pretrained(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     if not cfg.label_names and file.parent in [root / _name(cfg) for root in _mirrors()]:
         overlay.setdefault('label_names', json.loads((file.parent / CONFIG_FILE).read_text(encoding='utf-8'))
                            .get('label_names'))
-    return dict(kwargs, pretrained_cfg_overlay=overlay, pretrained_filter_fn=partial(_check_keys, source=file))
+    built = network(cfg.architecture, kwargs)
+    return dict(kwargs, pretrained_cfg_overlay=overlay, pretrained_filter_fn=partial(_check_keys, source=file,
+                                                                                  built=built))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -748,13 +836,23 @@ def _save_weights(state_dict: Dict[str, torch.Tensor], path: Path, metadata: Dic
     path.write_bytes(data[:8] + text.ljust(n) + data[8 + n:])
 
 
-def load_pretrained(source: Union[str, Path], **kwargs: Any) -> nn.Module:
+def load_pretrained(source: Union[str, Path], *, trust_config: bool = False, **kwargs: Any) -> nn.Module:
     """A zoo model with its weights, from an exported folder, ``'local-dir:FOLDER'``,
     ``'hf-hub:ORG/NAME[@REVISION]'`` or a registered name (``'arch'`` or ``'arch.tag'``).
 
     ``kwargs`` go to ``timm.create_model`` (``samples=L``, ``lwta_args=...``). Weights whose keys
-    differ from the architecture's are refused with the missing and unexpected keys listed.
+    differ from the architecture's are refused with the missing and unexpected keys listed, and
+    weights recorded as another network's (architecture, activation, method, U) with both named.
+    ``trust_config`` loads weights that record no network (third-party files) as the config says.
     """
+    text = str(source)
+    if not text.startswith(('hf-hub:', 'local-dir:')) and (isinstance(source, Path) or '/' in text or os.sep in text
+                                                          or text.startswith(('.', '~'))):  # a path, not a name
+        if not Path(source).expanduser().is_dir():
+            raise FileNotFoundError(f'{source}: no such model folder (a folder that lwta-zoo import or '
+                                    "save_pretrained wrote); for the Hub write 'hf-hub:ORG/NAME', for a "
+                                    "registered model 'arch.tag'")
+        source = Path(source).expanduser()
     name = f'local-dir:{source}' if Path(source).is_dir() else str(source)
     kind, ident = parse_model_name(name)
     config = None
@@ -762,7 +860,7 @@ def load_pretrained(source: Union[str, Path], **kwargs: Any) -> nn.Module:
         config = check_export(ident)
     elif kind == 'hf-hub':
         try:
-            config = _read_config(Path(download_from_hf(ident, CONFIG_FILE, cache_dir=kwargs.get('cache_dir'))))
+            config = read_config(Path(download_from_hf(ident, CONFIG_FILE, cache_dir=kwargs.get('cache_dir'))))
         except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
             raise MissingWeightsError(f'{source}: its {CONFIG_FILE} is not in the Hugging Face cache and the Hub '
                                       'cannot be reached (offline?)') from e
@@ -771,7 +869,8 @@ def load_pretrained(source: Union[str, Path], **kwargs: Any) -> nn.Module:
     else:
         _require_zoo_architecture(split_model_name_tag(ident)[0], f'{source!r}')
     try:
-        return timm.create_model(name, pretrained=True, **kwargs)
+        with trusting_config() if trust_config else contextlib.nullcontext():
+            return timm.create_model(name, pretrained=True, **kwargs)
     except TypeError as e:  # model_args that the architecture's builder does not take
         if config is None:
             raise
@@ -815,15 +914,24 @@ def push_to_hub(
     config = check_export(folder)
     check_finite(load_file(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
     check_config_matches(folder / WEIGHTS_FILE, config, folder / CONFIG_FILE)
+    if token is None and get_token() is None:
+        raise ValueError(f'no Hugging Face token to push {folder} with: set HF_TOKEN or run `hf auth login`')
     from . import __version__
 
     api = HfApi(token=token, library_name='lwta_zoo', library_version=__version__)  # the user agent, as timm's
-    repo = api.create_repo(repo_id, private=private, exist_ok=True)
-    card = model_card(config, repo_id=repo.repo_id, code_repository=code_repository)
-    operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in upload_files(folder)]
-    operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode('utf-8')))
-    return api.create_commit(repo_id=repo.repo_id, operations=operations, revision=revision,
-                             commit_message=commit_message, create_pr=create_pr)
+    try:
+        repo = api.create_repo(repo_id, private=private, exist_ok=True)
+        card = model_card(config, repo_id=repo.repo_id, code_repository=code_repository)
+        operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f))
+                      for f in upload_files(folder)]
+        operations.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode('utf-8')))
+        return api.create_commit(repo_id=repo.repo_id, operations=operations, revision=revision,
+                                 commit_message=commit_message, create_pr=create_pr)
+    except Exception as e:
+        if not any(c.__name__ == 'TransportError' for c in type(e).__mro__):  # the HTTP client's network failures
+            raise
+        raise ConnectionError(f'cannot reach the Hugging Face Hub to push {folder} to {repo_id} '
+                              f'({type(e).__name__}: {e}); check the connection (and HF_ENDPOINT) and push again') from e
 
 
 # ----------------------------------------------------------------------------------------------
@@ -869,12 +977,24 @@ LAYOUTS: Dict[str, Callable[[Dict[str, torch.Tensor]], Tuple[Dict[str, torch.Ten
 
 def _read_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """The state_dict of a .pt checkpoint, and its other scalar entries (epoch, ...); nothing executed."""
+    if not path.is_file():
+        raise FileNotFoundError(f'No checkpoint file {path}')
+    if path.stat().st_size == 0:
+        raise ValueError(f'{path} is empty (0 bytes): not a checkpoint; copy or download it again')
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = next((line.strip() for line in str(e).splitlines() if 'WeightsUnpickler' in line), str(e))
-        raise ValueError(
-            f'Refusing {path}: it holds more than weights, and loading it would run code ({reason})') from e
+        text = ' '.join(str(e).split())
+        if 'Unsupported global' not in text:  # no object it refuses: the bytes are not a checkpoint's pickle
+            why = text.split('WeightsUnpickler error:')[-1].split('Check the documentation')[0].strip()
+            raise ValueError(f'{path} is not a torch checkpoint (torch.load cannot read it: {why}); '
+                             'check the file') from e
+        reason = text[text.index('Unsupported global'):].split(' was not')[0]  # the class it would construct
+        raise ValueError(f'Refusing {path}: it holds more than weights, and loading it would run code ({reason}); '
+                         'import only a state_dict saved with torch.save(model.state_dict(), ...)') from e
+    except (EOFError, RuntimeError) as e:  # truncated pickles; a zip torch cannot read
+        raise ValueError(f'{path} is not a readable torch checkpoint ({type(e).__name__}: '
+                         f'{" ".join(str(e).split()) or "truncated"}); check the file') from e
     if isinstance(ckpt, dict):
         key = next((k for k in STATE_DICT_KEYS if isinstance(ckpt.get(k), dict)), None)
         state_dict = ckpt[key] if key else ckpt
@@ -893,6 +1013,7 @@ def import_checkpoint(
     metrics: Optional[Dict[str, Any]] = None,
     provenance: Optional[Dict[str, Any]] = None,
     verify: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Convert a third-party .pt checkpoint into an exported folder for a registered zoo model.
 
@@ -902,12 +1023,20 @@ def import_checkpoint(
     lwta_zoo converts rather than redistributes (``conversion(model_name)``), the checkpoint must have
     the recorded sha256 before it is read, and the converted tensors the recorded one; given no metrics
     or provenance, the folder then gets the published config.json, card and eval/ reports. ``verify=False``
-    skips the checks, for the tool that writes the record.
+    skips the checks, for the tool that writes the record. An ``output`` that holds a model already (its
+    weights, config, card or eval/ reports, which would end up beside other weights) is refused unless
+    ``overwrite``, which removes those first, once the checkpoint has converted.
     """
-    checkpoint = Path(checkpoint)
+    checkpoint, output = Path(checkpoint), Path(output)
     if layout not in LAYOUTS:
         raise ValueError(f'layout must be one of {sorted(LAYOUTS)}, got {layout!r}')
     _require_zoo_architecture(split_model_name_tag(model_name)[0], f'model {model_name!r}')
+    if output.exists() and not output.is_dir():
+        raise ValueError(f'--output {output} exists and is not a folder')
+    held = [f for f in EXPORT_FILES if (output / f).exists()]
+    if held and not overwrite:
+        raise ValueError(f'--output {output} holds a model already ({", ".join(held)}); choose another folder, or '
+                         'pass --overwrite to replace it (its eval/ reports are removed with it)')
     record, digest = conversion(model_name) if verify else None, file_sha256(checkpoint)
     if record and digest != record['checkpoint_sha256']:
         raise ValueError(f"{checkpoint} is not the checkpoint {model_name} is converted from: its sha256 is {digest}, "
@@ -916,15 +1045,18 @@ def import_checkpoint(
     state_dict, notes = LAYOUTS[layout](state_dict)
     model = timm.create_model(model_name)
     model.load_state_dict(_check_keys(state_dict, model, checkpoint))
+    for name in held:  # overwrite: nothing of the model it replaces stays beside the new weights
+        shutil.rmtree(output / name) if (output / name).is_dir() else (output / name).unlink()
     source = {'file': checkpoint.name, 'sha256': digest, 'layout': layout, **({'entries': entries} if entries else {})}
     folder = save_pretrained(model, output, metrics=metrics,
                              provenance={**(provenance or {}), 'checkpoint': source, **notes})
     got = tensors_sha256(folder / WEIGHTS_FILE) if record else None
     if record and got != record['tensors_sha256']:
-        (folder / WEIGHTS_FILE).unlink()
+        for name in (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE):  # what this call wrote: the folder held none of them
+            (folder / name).unlink()
         raise ValueError(f"Converting {checkpoint} as {model_name} gave tensors with sha256 {got}, not the recorded "
                          f"{record['tensors_sha256']} (layout {layout!r}; the recorded command: {record['command']}); "
-                         f'{folder / WEIGHTS_FILE} was removed')
+                         f'the files it wrote to {folder} were removed')
     card = SHIPPED_WEIGHTS / model_name
     if record and metrics is None and provenance is None and card.resolve() != folder.resolve():
         for file in [CARD_FILE] + upload_files(card)[1:]:  # config.json and eval/: the folder as it would have shipped
@@ -946,7 +1078,10 @@ def configure_import(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--layout', default='native', choices=sorted(LAYOUTS),
                         help="key layout of the checkpoint: 'trades' drops TRADES' sub_block1; 'authors-lwta' "
                              "also renames the WRN paper code's lwta1/lwta2/lwta and keeps their temperatures")
-    parser.set_defaults(func=lambda a: print(import_checkpoint(a.checkpoint, a.model, a.output, layout=a.layout)))
+    parser.add_argument('--overwrite', action='store_true',
+                        help="replace the model that --output holds (its weights, config.json, card and eval/)")
+    parser.set_defaults(func=lambda a: print(import_checkpoint(a.checkpoint, a.model, a.output, layout=a.layout,
+                                                               overwrite=a.overwrite)))
 
 
 def configure_push(parser: argparse.ArgumentParser) -> None:

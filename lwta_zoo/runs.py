@@ -56,10 +56,12 @@ def _alive(pid: int) -> bool:
 
 
 class RunLock:
-    """``folder/train.lock`` holding ``{"pid", "host"}`` of the process that trains into ``folder``."""
+    """``folder/<name>`` (``train.lock``; ``lwta-zoo eval`` takes ``eval.lock``) holding ``{"pid", "host"}`` of
+    the process that writes into ``folder``; ``command`` names that process's subcommand in messages."""
 
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / LOCK
+    def __init__(self, folder: Path, name: str = LOCK, command: str = 'train'):
+        self.path = Path(folder) / name
+        self.command = command
         self.held = False
 
     def holder(self) -> Optional[Dict[str, Any]]:
@@ -85,11 +87,11 @@ class RunLock:
             raise RunFolderError(
                 f'{self.path.parent} is in use by process {holder["pid"]} on {holder["host"]} (lock file '
                 f'{self.path}); wait for it to end or stop it (a lock of a process that ended is taken over; '
-                'delete the lock file if that process is not training here)')
+                f'delete the lock file if that process is not running lwta-zoo {self.command} here)')
 
     def acquire(self) -> None:
         """Take the lock: its file appears whole or not at all (written aside, then hard-linked into place)."""
-        me = self.path.with_name(f'{LOCK}.{os.getpid()}')
+        me = self.path.with_name(f'{self.path.name}.{os.getpid()}')
         me.write_text(json.dumps({'pid': os.getpid(), 'host': socket.gethostname()}))
         try:
             self._take(me)
@@ -105,7 +107,7 @@ class RunLock:
                 if self.ours(self.holder()):
                     return  # held by this process already; whoever took it releases it
                 stale = self.path.read_text(errors='replace').strip() if self.path.exists() else ''
-                print(f'lwta-zoo train: taking over the stale lock {self.path} ({stale or "empty"}): '
+                print(f'lwta-zoo {self.command}: taking over the stale lock {self.path} ({stale or "empty"}): '
                       'its process no longer runs', file=sys.stderr)
                 self.path.unlink(missing_ok=True)
                 continue
@@ -142,19 +144,24 @@ def claim(folder: Path, checkpoint: str, *, resume: bool = False, overwrite: boo
     if existing and not (resume or overwrite):
         raise RunFolderError(f'{folder} holds a training run ({", ".join(existing)}); continue it with --resume, '
                              'replace it with --overwrite, or choose another --output')
+    return take(RunLock(folder), existing if overwrite else [])
+
+
+def take(lock: RunLock, replaced: List[str]) -> RunLock:
+    """Create the lock's folder if need be (removed again if the lock cannot be had), take the lock, then remove
+    the ``replaced`` files and folders of the run it replaces (``--overwrite``)."""
+    folder = lock.path.parent
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(folder)
     try:
         lock.acquire()
     except BaseException:
         if created:
             folder.rmdir()
         raise
-    if overwrite:
-        for name in existing:
-            path = folder / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for name in replaced:
+        path = folder / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     return lock
 
 

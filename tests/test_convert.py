@@ -225,7 +225,7 @@ def test_example_inputs_check_that_u_divides_every_site_at_convert_time():
 
 
 def test_bad_input_gets_one_clear_error():
-    with pytest.raises(TypeError, match='convert: expected an nn.Module, got list'):
+    with pytest.raises(TypeError, match='convert needs a torch.nn.Module to change, got list'):
         convert([nn.ReLU()])
     with pytest.raises(ValueError, match='U >= 2'):
         convert(_FunctionalNet(), U=1)

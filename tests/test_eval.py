@@ -222,17 +222,16 @@ def test_cli_sharded_over_two_gloo_processes_matches_one_process(tmp_path):
                                  str(tmp_path / 'refused')])
     with pytest.raises(ValueError, match='cannot tell the dataset'):  # never another dataset's budget
         refused.func(refused)
-    args = [str(tmp_path / 'model'), '--data', str(tmp_path / 'data.npz'), '--dataset', 'mnist',
+    args = [str(tmp_path / 'model'), '--data', str(tmp_path / 'data.npz'), '--dataset', 'mnist', '--n', '10',
             '--attacks', 'pgd20,eot_pgd',
             '--eot-samples', '2', '--adaptive-steps', '3', '--batch-size', '6', '--random-inputs', '20',
             '--threads', '1', '--no-progress']
     one = parser.parse_args(args + ['--output', str(tmp_path / 'one')])
     assert one.func(one) == 0
-    script = tmp_path / 'eval.py'  # `lwta-zoo eval` without the other subcommands' imports
-    script.write_text('import argparse, sys\nfrom lwta_zoo.attacks.command import configure_eval\n'
-                      'p = argparse.ArgumentParser(); configure_eval(p); a = p.parse_args()\nsys.exit(a.func(a))\n')
+    # the form eval's help gives (issue 37): without `--`, torchrun reads `--n` as its own --nnodes or --nproc...
+    assert 'torchrun --nproc_per_node=K -m lwta_zoo.cli -- eval MODEL --data NPZ --n N' in parser.description
     subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29533',
-                    str(script), *args, '--output', str(tmp_path / 'two'), '--no-figures'],
+                    '-m', 'lwta_zoo.cli', '--', 'eval', *args, '--output', str(tmp_path / 'two'), '--no-figures'],
                    check=True, cwd=REPO, capture_output=True, timeout=120)
     reports = {name: json.loads((tmp_path / name / 'report.json').read_text()) for name in ('one', 'two')}
     assert reports['two']['world_size'] == 2 and reports['one']['world_size'] == 1

@@ -299,6 +299,7 @@ def stub_hub(monkeypatch):
 
     monkeypatch.setattr(HfApi, 'create_repo', create_repo)
     monkeypatch.setattr(HfApi, 'create_commit', create_commit)
+    monkeypatch.setattr(hub, 'get_token', lambda: 'hf_test')  # push checks that there is one before going online
     return sent
 
 

@@ -7,12 +7,13 @@ well under a second or two.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import huggingface_hub.constants
 import numpy as np
@@ -23,7 +24,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from lwta_zoo import hub, runs
+from lwta_zoo import LWTA, convert, hub, runs
 from lwta_zoo.checkpoint import load_state
 from lwta_zoo.cli import main
 from lwta_zoo.data import DatasetNotFound, load_arrays, read_npz
@@ -433,3 +434,224 @@ def test_config_whose_args_change_the_weights_shapes(export: Path) -> None:
                                                     'model_args': {**config['model_args'], 'num_classes': 5}}))
     with pytest.raises(ValueError, match=r'do not fit aistats_softmax_mnist: shapes differ at \d+ keys: .*\(10, '):
         hub.load_pretrained(export)
+
+
+# --- issue 37: hostile inputs, second round -------------------------------------------------------
+
+
+def strip_metadata(folder: Path, cast: Optional[torch.dtype] = None) -> None:
+    """Rewrite the exported weights without their metadata (the record of the network), optionally cast."""
+    path = folder / 'model.safetensors'
+    weights = {k: v.to(cast) if cast is not None and v.is_floating_point() else v for k, v in load_file(path).items()}
+    save_file(weights, path)
+
+
+def test_weights_of_another_network_are_refused_naming_both(exported: Path, tmp_path: Path, capsys,
+                                                            monkeypatch) -> None:
+    """Item 1: a mirror folder named after the ReLU variant holds the LWTA variant's files; keys and shapes
+    agree, so only the record of what they were exported from tells them apart."""
+    mirror = tmp_path / 'mirror' / 'aistats_softmax_mnist.relu_fmnist_pgd'
+    mirror.mkdir(parents=True)
+    for f in exported.iterdir():
+        (mirror / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setenv(hub.MIRROR_ENV, str(tmp_path / 'mirror'))
+    line = fails(eval_args('aistats_softmax_mnist.relu_fmnist_pgd', FMNIST, tmp_path / 'out', '--n', '2'),
+                 capsys, tmp_path)
+    assert "(architecture='aistats_softmax_mnist', method='lwta', U=2)" in line, line
+    assert "being built (architecture='aistats_softmax_mnist', method='relu')" in line, line
+    with pytest.raises(ValueError, match='exported from another network'):
+        timm.create_model('aistats_softmax_mnist.relu_fmnist_pgd', pretrained=True)
+
+
+def test_relu_weights_into_the_lwta_twin_are_refused(tmp_path: Path) -> None:
+    """Item 1: a ReLU network and its LWTA twin have the same tensors; the record names the activation."""
+    folder = hub.save_pretrained(timm.create_model('smallcnn_mnist'), tmp_path / 'relu')
+    with pytest.raises(ValueError, match=r"\(architecture='smallcnn_mnist', act='relu'\) than the one being built "
+                                         r"\(architecture='smallcnn_mnist_lwta', act='lwta', U=2\)"):
+        timm.create_model('smallcnn_mnist_lwta', pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(folder / 'model.safetensors')))
+
+
+def test_weights_without_the_record_load_only_on_trust(export: Path, tmp_path: Path, capsys) -> None:
+    """Item 1: without the record, config.json alone cannot tell an LWTA network from ReLU weights."""
+    strip_metadata(export)
+    line = fails(eval_args(export, FMNIST, tmp_path / 'out', '--n', '2'), capsys, tmp_path)
+    assert 'does not record the network it was exported from' in line and '--trust-config' in line, line
+    assert 'does not record' in fails(['push', str(export), 'me/model'], capsys, tmp_path)
+    with pytest.raises(ValueError, match='does not record'):
+        timm.create_model(f'local-dir:{export}', pretrained=True)
+    assert hub.load_pretrained(export, trust_config=True).method == 'lwta'
+    with hub.trusting_config():
+        timm.create_model(f'local-dir:{export}', pretrained=True)
+
+
+def test_the_shipped_weights_carry_the_record_of_their_network() -> None:
+    for name in hub.shipped_weights():
+        weights = hub.SHIPPED_WEIGHTS / name / 'model.safetensors'
+        if weights.exists():  # the authors' weights ship as a card only
+            config = hub.read_config(weights.with_name('config.json'))
+            with safe_open(str(weights), 'pt') as f:
+                record = json.loads(f.metadata()[hub.MODEL_META])
+            assert record == hub.model_identity(config), name
+
+
+def test_integer_weights_are_refused(export: Path, tmp_path: Path, capsys) -> None:
+    """Item 5: int32 safetensors, an int64 state_dict: casting them gives a chance-level model."""
+    model = hub.load_pretrained(export)
+    pt = tmp_path / 'ints.pt'
+    torch.save({k: v.long() if v.is_floating_point() else v for k, v in model.state_dict().items()}, pt)
+    line = fails(['import', str(pt), '--model', 'aistats_softmax_mnist.lwta_u2', '--output', str(tmp_path / 'o')],
+                 capsys, tmp_path)
+    assert 'integer or boolean tensors where aistats_softmax_mnist has floating-point ones' in line, line
+    strip_metadata(export, torch.int32)
+    with pytest.raises(ValueError, match=r'integer or boolean tensors .*\(torch.int32\)'):
+        hub.load_pretrained(export, trust_config=True)
+
+
+def test_import_into_a_model_folder_needs_overwrite(export: Path, tmp_path: Path, capsys) -> None:
+    """Item 2: importing over another model would leave its eval/ reports beside the new weights."""
+    pt = tmp_path / 'relu.pt'
+    torch.save(timm.create_model('aistats_softmax_mnist', method='relu').state_dict(), pt)
+    (export / 'eval' / 'run').mkdir(parents=True)
+    (export / 'eval' / 'run' / 'report.json').write_text('{}')
+    argv = ['import', str(pt), '--model', 'aistats_softmax_mnist.relu', '--output', str(export)]
+    line = fails(argv, capsys, tmp_path)
+    assert 'holds a model already (model.safetensors, config.json, README.md, eval)' in line and '--overwrite' in line
+    assert main(argv + ['--overwrite']) == 0
+    assert not (export / 'eval').exists()
+    assert hub.load_pretrained(export).method == 'relu'
+
+
+def tiny_eval(model: Path, out: Path, *extra: str) -> List[str]:
+    return eval_args(model, FMNIST, out, '--n', '2', '--attacks', 'pgd20', '--random-inputs', '0',
+                     '--batch-size', '1', *extra)
+
+
+def test_eval_keeps_a_report_of_another_run_unless_told(export: Path, tmp_path: Path, capsys) -> None:
+    """Item 3: a second eval into a folder with a report; --resume only of the same run; --overwrite."""
+    out = tmp_path / 'out'
+    assert main(tiny_eval(export, out)) == 0
+    capsys.readouterr()
+    line = fails(tiny_eval(export, out, '--repeats', '3'), capsys, tmp_path)
+    assert 'holds an evaluation (report.json, report.md, partial)' in line and '--resume' in line, line
+    line = fails(tiny_eval(export, out, '--repeats', '3', '--resume'), capsys, tmp_path)
+    assert 'report.json is the report of another run: repeats 5 != 3' in line, line
+    assert main(tiny_eval(export, out, '--resume')) == 0  # the same run: nothing left to do
+    (out / 'notes.txt').write_text('mine')
+    assert main(tiny_eval(export, out, '--repeats', '3', '--overwrite')) == 0
+    assert json.loads((out / 'report.json').read_text())['repeats'] == 3
+    assert (out / 'notes.txt').read_text() == 'mine' and not (out / 'eval.lock').exists()
+    capsys.readouterr()
+    assert 'is a model folder' in fails(tiny_eval(export, export), capsys, tmp_path)
+
+
+def test_eval_takes_a_lock(export: Path, tmp_path: Path, capsys) -> None:
+    """Item 3: two evals into one folder at once would lose a report."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        (out / 'eval.lock').write_text(json.dumps({'pid': holder.pid, 'host': socket.gethostname()}))
+        assert f'in use by process {holder.pid}' in fails(tiny_eval(export, out), capsys, tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize('sweep', ['nan', 'inf', '1000', '0', '-2', 'abc', '2,,4'])
+def test_eps_sweep_takes_budgets_in_0_255(sweep: str, export: Path, tmp_path: Path, capsys) -> None:
+    """Items 4 and 10: NaN ran the attacks as no-ops, inf gave 0%, 1000/255 went beyond images' range."""
+    line = fails(eval_args(export, FMNIST, tmp_path / 'out', f'--eps-sweep={sweep}'), capsys, tmp_path)
+    assert f"--eps-sweep: takes comma-separated budgets in 1/255, each a number in (0, 255] (e.g. 2,4,16), got " \
+           f"'{sweep}'" in line, line
+
+
+def test_options_that_would_be_ignored_are_refused(export: Path, tmp_path: Path, capsys) -> None:
+    """Item 10: --eps-sweep beside --attacks that names none of its attacks; --attacks '' ran the default preset."""
+    line = fails(eval_args(export, FMNIST, tmp_path / 'out', '--attacks', 'pgd20', '--eps-sweep', '2,4', '--n', '2'),
+                 capsys, tmp_path)
+    assert '--eps-sweep 2,4: --attacks names none of the attacks at that budget (e.g. pgd20@2/255)' in line, line
+    assert "--attacks: takes comma-separated attack names" in fails(
+        eval_args(export, FMNIST, tmp_path / 'out', '--attacks', ''), capsys, tmp_path)
+
+
+def test_ctrl_c_in_eval_saves_the_partial_and_exits_130(export: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Item 9: one line, the partial saved, --resume continues to the report an uninterrupted run writes."""
+    suite = importlib.import_module('lwta_zoo.attacks.suite')  # lwta_zoo.attacks.suite is also a function's name
+    save = suite._save_partial
+    calls = []
+
+    def interrupt_after_one_batch(path, state):
+        save(path, state)
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(suite, '_save_partial', interrupt_after_one_batch)
+    out = tmp_path / 'out'
+    try:
+        code = main(tiny_eval(export, out))
+    except KeyboardInterrupt:  # would stop the whole test session
+        pytest.fail('Ctrl-C escaped lwta-zoo eval as a KeyboardInterrupt traceback')
+    assert code == 130
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and err.strip().splitlines()[-1] == (  # after the time estimate
+        f'lwta-zoo eval: interrupted; the finished batches are saved in {out / "partial"}: the same command with '
+        '--resume continues from there'), err
+    assert (out / 'partial').is_dir() and not (out / 'report.json').exists() and not (out / 'eval.lock').exists()
+    monkeypatch.setattr(suite, '_save_partial', save)
+    assert main(tiny_eval(export, out, '--resume')) == 0
+    assert main(tiny_eval(export, tmp_path / 'straight')) == 0
+    resumed, straight = (json.loads((o / 'report.json').read_text()) for o in (out, tmp_path / 'straight'))
+    assert resumed['per_example'] == straight['per_example']
+
+
+def test_unclear_messages_name_the_file_or_option(export: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Item 10: each case in one line that names what is wrong and where."""
+    out = tmp_path / 'out'
+    line = fails(eval_args(tmp_path / 'no_such_model', FMNIST, out), capsys, tmp_path)
+    assert f'{tmp_path / "no_such_model"}: no such model folder' in line and 'local-dir' not in line, line
+    noise = tmp_path / 'noise.npz'
+    noise.write_bytes(bytes(range(256)) * 8)
+    line = fails(eval_args(export, noise, out), capsys, tmp_path)
+    assert f'{noise} is not a readable .npz archive (not a zip file)' in line and 'pickle' not in line, line
+    (out / 'partial').mkdir(parents=True)
+    (out / 'partial' / 'rank0-of-1.json').write_text('{"config": ')
+    line = fails(tiny_eval(export, out, '--resume'), capsys, tmp_path)
+    assert f'{out / "partial" / "rank0-of-1.json"} is not a readable partial evaluation' in line, line
+    config = json.loads((export / 'config.json').read_text())
+    (export / 'config.json').write_text(json.dumps({**config, 'model_args': 'method=lwta'}))
+    line = fails(eval_args(export, FMNIST, tmp_path / 'o2'), capsys, tmp_path)
+    assert f'{export / "config.json"}: "model_args" must be a mapping' in line, line
+    empty, noise_pt = tmp_path / 'empty.pt', tmp_path / 'noise.pt'
+    empty.write_bytes(b'')
+    noise_pt.write_bytes(bytes(range(256)) * 8)
+    for path, why in ((empty, 'is empty (0 bytes)'), (noise_pt, 'is not a torch checkpoint')):
+        line = fails(['import', str(path), '--model', 'smallcnn_mnist', '--output', str(tmp_path / 'o')],
+                     capsys, tmp_path)
+        assert f'{path} {why}' in line and 'file an issue' not in line, line
+
+
+def test_push_checks_the_token_and_names_a_network_failure(exported: Path, tmp_path: Path, capsys,
+                                                           monkeypatch) -> None:
+    """Item 10: no token is said before going online; no network is a one-line error, not 'unexpected'."""
+    monkeypatch.setattr(hub, 'get_token', lambda: None)
+    assert 'no Hugging Face token' in fails(['push', str(exported), 'me/model'], capsys, tmp_path)
+    monkeypatch.setattr(hub, 'get_token', lambda: 'hf_test')
+    transport = type('TransportError', (Exception,), {})
+    offline = type('ConnectError', (transport,), {})
+
+    def no_network(*args, **kwargs):
+        raise offline('[Errno -2] Name or service not known')
+    monkeypatch.setattr(hub.HfApi, 'create_repo', no_network)
+    line = fails(['push', str(exported), 'me/model'], capsys, tmp_path)
+    assert 'cannot reach the Hugging Face Hub to push' in line and 'unexpected' not in line, line
+
+
+def test_api_misuse_is_named() -> None:
+    """Item 10: convert('x') gave an AttributeError; an integer tensor into LWTA an 'Exponential' error."""
+    with pytest.raises(TypeError, match='convert needs a torch.nn.Module to change, got str'):
+        convert('x')
+    for mode in ('sample', 'max', 'mean'):
+        for training in (True, False):
+            with pytest.raises(TypeError, match='LWTA: expected a floating-point input, got torch.int64'):
+                LWTA(mode=mode).train(training)(torch.ones(2, 4, dtype=torch.long))

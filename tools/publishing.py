@@ -4,7 +4,6 @@ results, and the reports copied beside the weights (lwta_zoo/weights/<name>/eval
 Used by make_authors_weights.py and make_trained_weights.py; every result records the data it was
 measured on, the seeds and the command that rewrites it.
 """
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from lwta_zoo.attacks.reports import read_report
 from lwta_zoo.attacks.suite import card_results, report_label, sampling_label
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def report_results(folders: Sequence[Path], data_notes: Optional[Dict[str, str]]
     """
     results = []
     for folder in folders:
-        report = json.loads((Path(folder) / 'report.json').read_text())
+        report = read_report(folder)
         results += [{**r, 'data': (data_notes or {}).get(r.get('data'), r.get('data')),
                      'report': f'eval/{Path(folder).name}/report.md'}
                     for r in card_results(report, report_label(report))]

@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
 
+from . import reports
 from .suite import FORMAT, bootstrap, wilson
 
 
 def read_report(path: str) -> Dict[str, Any]:
-    """report.json at ``path`` (the file or its folder); a report from before per-example worst cases is refused."""
-    file = Path(path) / 'report.json' if Path(path).is_dir() else Path(path)
-    report = json.loads(file.read_text())
-    if report.get('format') != FORMAT:
-        raise ValueError(f'{file} is a report of format {report.get("format", 1)}; comparing needs format {FORMAT} '
+    """The checked report.json at ``path`` (``reports.read_report``); a report from before per-example worst
+    cases (format 1) is refused."""
+    report = reports.read_report(path)
+    if report.get('format', 1) != FORMAT:
+        raise ValueError(f'{path} is a report of format {report.get("format", 1)}; comparing needs format {FORMAT} '
                          '(rerun it with this lwta_zoo)')
     return report
 

@@ -111,19 +111,23 @@ def plot_logit_trajectories(panels: Dict[str, Tuple[nn.Module, str]], x: torch.T
     plt.close(fig)
 
 
+# the figures make_figures may write (``lwta-zoo eval --overwrite`` removes them with the report)
+FIGURES = ('robust_vs_eps.png', 'winner_probabilities.png', 'logit_trajectories.png')
+
+
 def make_figures(report: Dict[str, Any], model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  output: os.PathLike, eps: float, twin: Optional[nn.Module] = None, n: int = 32) -> List[Path]:
     """Write the three figures for ``report`` into ``output``; PGD-20 at ``eps`` on ``n`` examples for Fig. 2."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
-    paths = [out / 'robust_vs_eps.png']
+    paths = [out / FIGURES[0]]
     plot_robust_vs_eps(report, paths[0])
     x, y = x[:n], y[:n]
     if any(True for _ in lwta_modules(model)):
         torch.manual_seed(0)
         x_adv = pgd(model, x, y, eps, eps / 8, 20)
-        paths.append(out / 'winner_probabilities.png')
+        paths.append(out / FIGURES[1])
         plot_winner_probabilities(model, x, x_adv, y, paths[-1])
     with torch.no_grad():
         correct = (model(x).argmax(1) == y).nonzero().flatten()
@@ -133,6 +137,6 @@ def make_figures(report: Dict[str, Any], model: nn.Module, x: torch.Tensor, y: t
         panels['stochastic model, PGD on the mean surrogate'] = (model, 'mean')
     if twin is not None:
         panels['deterministic twin'] = (twin.eval(), 'model')
-    paths.append(out / 'logit_trajectories.png')
+    paths.append(out / FIGURES[2])
     plot_logit_trajectories(panels, x[i:i + 1], y[i:i + 1], paths[-1], eps)
     return paths

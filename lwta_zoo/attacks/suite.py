@@ -388,6 +388,8 @@ def evaluate(
                   batch_size=batch_size, seed=seed, random_inputs=random_inputs,
                   settings={a.name: a.settings for a in attacks})
     partial_path = Path(output) / 'partial' / f'rank{rank}-of-{world}.json' if output else None
+    if resume and output:
+        _check_report(Path(output) / 'report.json', config)
     state = _load_partial(partial_path, config) if resume else None
     state = state or dict(config=config, batches={}, time={}, random=None)
 
@@ -428,23 +430,56 @@ def evaluate(
     return report
 
 
+RESUME_HINT = '; use another --output, or replace it with --overwrite'
+
+
+def _differences(old: Dict[str, Any], settings: Dict[str, Any], config: Dict[str, Any], what: str) -> List[str]:
+    """How the identity ``old`` and attack ``settings`` of a partial or report differ from this run's ``config``
+    (attacks only one of them runs do not count: a resumed run may add attacks)."""
+    diff = [f'{k} {_short(old.get(k))} != {_short(v)}' for k, v in config.items()
+            if k != 'settings' and old.get(k) != v]
+    diff += [f'{k} ({what} has it, this run not)' for k in old if k not in config and k != 'settings']
+    diff += [f'settings of {n} {_short(s)} != {_short(config["settings"][n])}'
+             for n, s in settings.items() if n in config['settings'] and config['settings'][n] != s]
+    return diff
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f'{path} is not a readable {what} ({" ".join(str(e).split())}){RESUME_HINT}') from e
+
+
+def _check_report(path: Path, config: Dict[str, Any]) -> None:
+    """Refuse to resume into a folder whose report.json another run wrote (its figures would be replaced)."""
+    if not path.exists():
+        return
+    report = _read_json(path, 'report')
+    attacks = report.get('attacks') if isinstance(report, dict) else None
+    if not (isinstance(attacks, dict) and isinstance(report.get('identity'), dict)
+            and all(isinstance(a, dict) and 'settings' in a for a in attacks.values())):
+        raise ValueError(f'{path} is not a report of lwta-zoo eval (format {FORMAT}){RESUME_HINT}')
+    diff = _differences(report['identity'], {n: a['settings'] for n, a in attacks.items()}, config, 'report')
+    if diff:
+        raise ValueError(f'{path} is the report of another run: {"; ".join(diff)}{RESUME_HINT}')
+
+
 def _load_partial(path: Optional[Path], config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     """The partial state at ``path`` if it was written for this run; a one-line error naming what differs."""
     if path is None or not path.exists():
         return None
-    state = json.loads(path.read_text())
-    old = state.get('config', {})
-    hint = '; use another --output or run without --resume'
+    state = _read_json(path, 'partial evaluation')
+    if not (isinstance(state, dict) and isinstance(state.get('config'), dict) and isinstance(state.get('batches'), dict)
+            and isinstance(state.get('time'), dict) and isinstance(state['config'].get('settings', {}), dict)):
+        raise ValueError(f'{path} is not a partial evaluation of lwta-zoo eval{RESUME_HINT}')
+    old = state['config']
     if old.get('format') != FORMAT:
         raise ValueError(f'{path} was written by an older lwta_zoo (report format {old.get("format", 1)}, this is '
-                         f'{FORMAT}){hint}')
-    diff = [f'{k} {_short(old.get(k))} != {_short(v)}' for k, v in config.items()
-            if k != 'settings' and old.get(k) != v]
-    diff += [f'{k} (partial has it, this run not)' for k in old if k not in config]
-    diff += [f'settings of {n} {_short(s)} != {_short(config["settings"][n])}'
-             for n, s in old['settings'].items() if n in config['settings'] and config['settings'][n] != s]
+                         f'{FORMAT}){RESUME_HINT}')
+    diff = _differences(old, old.get('settings', {}), config, 'partial')
     if diff:
-        raise ValueError(f'{path} was written for another run: {"; ".join(diff)}{hint}')
+        raise ValueError(f'{path} was written for another run: {"; ".join(diff)}{RESUME_HINT}')
     return state
 
 

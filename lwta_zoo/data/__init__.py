@@ -98,6 +98,9 @@ def read_npz(path: os.PathLike, channels: Optional[int] = None) -> Arrays:
     Channels-last is recognised by a last axis of ``channels`` (default: 1 or 3) that the second axis is not.
     """
     broken = (OSError, EOFError, ValueError, zipfile.BadZipFile)  # numpy's own words for a file it cannot read
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # numpy would go on to call it a pickle
+        raise ValueError(f'{path} is not a readable .npz archive (not a zip file); write one with '
+                         'numpy.savez(PATH, images=..., labels=...)')
     try:
         f = np.load(path)  # never unpickles (allow_pickle=False)
     except broken as e:

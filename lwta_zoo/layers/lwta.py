@@ -50,6 +50,8 @@ KL_FORMS = ('closed', 'relaxed')
 
 def _blocks(x: torch.Tensor, U: int, name: str) -> torch.Tensor:
     """View (N, C, *S) as (N, C/U, U, *S), with an error that names the layer."""
+    if not x.is_floating_point():
+        raise TypeError(f'{name}: expected a floating-point input, got {x.dtype} (convert it with x.float())')
     if x.dim() < 2:
         raise ValueError(f'{name}: expected input of shape (N, C) or (N, C, H, W), got {tuple(x.shape)}')
     C = x.shape[1]
