@@ -13,20 +13,31 @@ INDICES = tuple(range(0, 40, 2))  # 20 examples
 
 
 def _figure(defended: Sequence[bool]) -> dict:
-    return {'accuracy': sum(defended) / len(defended), 'interval': wilson(sum(defended), len(defended)),
-            'n': len(defended)}
+    return {'accuracy': sum(defended) / len(defended), 'p_correct': sum(defended) / len(defended),
+            'interval': list(wilson(sum(defended), len(defended))), 'n': len(defended)}
+
+
+def _attack(name: str, defended: Sequence[bool]) -> dict:
+    threat_model = 'L2' if name in ('aistats_cw', 'aistats_blind_spot') else 'Linf'
+    return {**_figure(defended), 'settings': {} if threat_model == 'L2' else {'eps': 0.1}, 'threat_model': threat_model,
+            **({'found': len(defended)} if threat_model == 'L2' else {})}
 
 
 def _report(worst: Sequence[bool], attacks: dict, samples: int = 5, rand: float = 0.5) -> dict:
-    """A format-2 report on INDICES: every example clean-correct, ``worst`` its Linf worst case (R=5, unanimous)."""
+    """A format-2 report on INDICES (valid as lwta_zoo.attacks.reports checks it): every example clean-correct,
+    ``worst`` its Linf worst case (R=5, unanimous)."""
     n = len(INDICES)
-    return {'format': 2, 'model': 'm', 'samples': samples, 'repeats': 5, 'indices': list(INDICES),
+    linf = [k for k in attacks if _attack(k, attacks[k])['threat_model'] == 'Linf']
+    l2 = [k for k in attacks if k not in linf]
+    return {'format': 2, 'model': 'm', 'n': n, 'samples': samples, 'repeats': 5, 'indices': list(INDICES),
             'identity': {'data_sha256': 'd' * 64, 'data': 'fashion_mnist'},
             'per_example': {'label': [i % 10 for i in INDICES],
                             'evaluation': {'clean': [5] * n, 'a': [5 * d for d in worst]},
                             'chosen': {'Linf@0.1': ['a'] * n}},
-            'clean': _figure([True] * n), 'attacks': {k: _figure(v) for k, v in attacks.items()},
-            'threat_models': [{'threat_model': 'L2', **_figure([False] * n)}, {'threat_model': 'Linf', **_figure(worst)}],
+            'clean': _figure([True] * n), 'clean_accuracy': 1.0,
+            'attacks': {k: _attack(k, v) for k, v in attacks.items()},
+            'threat_models': [{'threat_model': 'L2', 'attacks': l2, **_figure([False] * n)},
+                              {'threat_model': 'Linf', 'attacks': linf, **_figure(worst)}],
             'random_attack': {'low_confidence_fraction': rand, 'interval': [rand - 0.05, rand + 0.05], 'inputs': 1000}}
 
 

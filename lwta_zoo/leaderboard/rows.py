@@ -9,7 +9,6 @@ the paper's own figures stand beside it, labelled as the paper's.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
@@ -17,6 +16,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 import timm
 
 from .. import hub
+from ..attacks.reports import read_report
 from ..attacks.suite import report_label, sampling_label, select, suite
 from ..layers import LWTA
 
@@ -158,19 +158,11 @@ def budget(threat_model: Optional[str], eps: Optional[float]) -> str:
     return f'{threat_model}, unbounded' if eps is None else f'{threat_model}, eps {hub.format_eps(eps)}'
 
 
-def read_json(path: Path) -> Dict[str, Any]:
-    """A report.json or config.json, or a ValueError that names the file."""
-    try:
-        return json.loads(Path(path).read_text(encoding='utf-8'))
-    except ValueError as e:
-        raise ValueError(f'{path} is not valid JSON: {e}') from e
-
-
 def report_folders(folder: Path) -> List[Path]:
     """The eval/<run> folders of a model folder that hold a report.json: in the order its config.json records
     their results, then any others by name."""
     found = [p.parent for p in sorted((folder / 'eval').glob('*/report.json'))]
-    results = (read_json(folder / hub.CONFIG_FILE).get('metrics') or {}).get('results', [])
+    results = (hub.read_config(folder / hub.CONFIG_FILE).get('metrics') or {}).get('results', [])
     recorded = [folder / f for f in dict.fromkeys(map(hub.report_folder, results)) if f and folder / f in found]
     return recorded + [p for p in found if p not in recorded]
 
@@ -208,7 +200,7 @@ def _training_attack(config: Dict[str, Any], name: str) -> Tuple[str, Optional[b
 def model_facts(name: str) -> Model:
     """The facts of shipped model ``name`` a row shows beside its figures."""
     folder = hub.SHIPPED_WEIGHTS / name
-    config = read_json(folder / hub.CONFIG_FILE)
+    config = hub.read_config(folder / hub.CONFIG_FILE)
     args = config.get('model_args') or {}
     activation = str(args.get('method') or args.get('act') or 'relu')
     dataset = hub._dataset(config.get('recipe'), config.get('metrics')) or 'unknown dataset'
@@ -289,7 +281,7 @@ def model_rows(name: str) -> List[Row]:
     groups: Dict[Tuple, List[Dict[str, Any]]] = {}
     for run in report_folders(folder):
         path = run / 'report.json'
-        for part in _report_parts(run.relative_to(folder).as_posix(), read_json(path), path):
+        for part in _report_parts(run.relative_to(folder).as_posix(), read_report(path), path):
             groups.setdefault(part['setting'], []).append(part)
     return [_row(model, setting, parts) for setting, parts in groups.items()] or [Row(model=model)]
 
