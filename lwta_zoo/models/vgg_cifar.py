@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
+from ..layers.batchnorm_lwta import fuse_batchnorm_lwta
 from ._base import HF_ORG, DeviceLike, Normalize, SampledClassifier, _check_input, build, cfg, make_act_layer
 
 __all__ = ['VGGCifar']
@@ -52,6 +53,7 @@ class VGGCifar(SampledClassifier):
                 chs = v
         self.features = nn.Sequential(*feats)
         self.init_head(chs, num_classes, global_pool)
+        fuse_batchnorm_lwta(self)  # each BatchNorm -> LWTA runs as one pass of the fused kernels
 
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         """Parameter groups for timm's layer-wise optimizer settings: the first conv, then each layer."""
