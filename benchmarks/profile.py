@@ -25,13 +25,15 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=3)
     parser.add_argument('--rows', type=int, default=18, help='rows of each table')
     parser.add_argument('--unfused', action='store_true', help='LWTA as BatchNorm then LWTA, two modules')
+    parser.add_argument('--precisions', default='fp32,bf16 + channels_last', help='comma-separated, of fp32 and '
+                        "'bf16 + channels_last'")
     args = parser.parse_args()
-    print(f'# python -m benchmarks.profile --batch {args.batch} --steps {args.steps}'
+    print(f'# python -m benchmarks.profile --batch {args.batch} --steps {args.steps} --precisions {args.precisions!r}'
           f'{" --unfused" if args.unfused else ""}\n# torch {torch.__version__}, {platform.processor()}, '
           f'{torch.get_num_threads()} threads; ELBO KL weight 1/{N_TRAIN}')
     x = torch.rand(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
-    for precision in ('fp32', 'bf16 + channels_last'):
+    for precision in args.precisions.split(','):
         bf16, channels_last = PRECISIONS[precision]
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         for act in ('relu', 'lwta'):

@@ -332,7 +332,7 @@ def uniforms(shape: Tuple[int, ...], seed: int, unit: int = 0, U: int = 2) -> Te
 
 def supports_batchnorm(x: Tensor, U: int = 2) -> bool:
     """Whether the fused BatchNorm + LWTA ops take ``x``: an image batch (N, C, H, W) that ``supports``."""
-    return x.dim() == 4 and x.device.type == 'cpu' and supports(x, U)
+    return x.dim() == 4 and supports(x, U)
 
 
 def _channel_sums(x: Tensor, geo: Geometry, wanted: bool) -> Optional[Tensor]:
