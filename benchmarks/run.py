@@ -18,7 +18,10 @@ Prints, measured side by side in one run (CPU, and CUDA when available):
 7. WRN-34-1 at batch B, ReLU and LWTA, as ``train.bf16`` / ``train.channels_last`` run them:
    images/s of a training step in fp32, channels_last, bf16 autocast and both, each over its
    activation's fp32 step and LWTA over ReLU; the eval forward (fp32 and bf16 + channels_last),
-   LWTA over ReLU.
+   LWTA over ReLU;
+8. issue 30's table (CPU): every row of it, LWTA over ReLU eager and over ReLU compiled by
+   ``torch.compile`` where that works here (``--no-compile``: without), and the memory saved for
+   backward.
 
 Timings are interleaved (each repeat runs every variant once, in turn) and reported as
 medians, with the load average, because the machine may be shared. The issue's targets
@@ -253,6 +256,83 @@ def precision_benchmark(args, device: torch.device) -> None:
         print(f'  eval forward, {name:<22} relu {relu:.4f} s   lwta {lwta_:.4f} s   lwta/relu x{lwta_ / relu:.2f}{target}')
 
 
+ISSUE30_ROWS = [  # (label, depth, widen, precision, what, target for LWTA over eager ReLU)
+    ('training step, float32', 34, 1, 'fp32', 'step', 1.10),
+    ('training step, bf16 autocast + channels_last', 34, 1, 'bf16 + channels_last', 'step', 1.15),
+    ('eval forward, float32', 34, 1, 'fp32', 'eval', 1.05),
+    ('eval forward, bf16 + channels_last', 34, 1, 'bf16 + channels_last', 'eval', 1.10),
+    ('WRN-16-4 training step, float32', 16, 4, 'fp32', 'step', 1.05),
+    ('WRN-16-4 eval forward, float32', 16, 4, 'fp32', 'eval', 1.02),
+]
+
+
+def compiled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> nn.Module | str:
+    """``torch.compile(model)``, compiled here for an eval forward and a training step on (x, y), or the
+    reason it does not compile or run (one line)."""
+    try:
+        net = torch.compile(model)
+        precision_forward(net, x, False)()
+        precision_step(net, x, y, False)()
+        return net
+    except Exception as e:  # no C++ compiler, an unsupported CPU, ...: ReLU eager is then the only peer
+        return f'{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ""}'
+
+
+def issue30_benchmark(args, device: torch.device) -> None:
+    """Issue 30's table: WRN-34-1 (and WRN-16-4) at batch B, LWTA (the zoo's model: BatchNorm fused into
+    the LWTA kernels) over ReLU eager, and over ReLU compiled by torch.compile where that works; the
+    memory autograd saves for backward, LWTA over ReLU."""
+    x = torch.rand(args.batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    medians, notes = {}, []
+    for depth, widen in ((34, 1), (16, 4)):
+        precisions = {p for _, d, _, p, _, _ in ISSUE30_ROWS if d == depth}
+        for precision in sorted(precisions):
+            bf16, channels_last = PRECISIONS[precision]
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            fns = {}
+            for act in ('relu', 'lwta', 'relu compiled'):
+                torch.manual_seed(0)
+                model = lwta_zoo.WideResNet(depth=depth, widen_factor=widen, act=act.split()[0])
+                model = model.to(device, memory_format=fmt)
+                if act == 'relu compiled' and args.compile and (depth, precision) == (34, 'fp32'):
+                    model = compiled(model, x, y)
+                    if isinstance(model, str):
+                        notes.append(f'torch.compile, WRN-{depth}-{widen} {precision}: not used ({model})')
+                        continue
+                elif act == 'relu compiled':
+                    continue
+                xf = x.contiguous(memory_format=fmt)
+                fns[act, 'step'] = precision_step(model, xf, y, bf16)
+                fns[act, 'eval'] = precision_forward(model, xf, bf16)
+            steps = timed({k: v for k, v in fns.items() if k[1] == 'step'}, args.repeats, device)
+            evals = timed({k: v for k, v in fns.items() if k[1] == 'eval'}, args.repeats * 3, device)
+            for (act, what), t in {**steps, **evals}.items():
+                medians[depth, precision, what, act] = t
+    print(f'\n8. Issue 30: LWTA over ReLU, batch {args.batch}, {torch.get_num_threads()} threads, medians of '
+          f'{args.repeats} interleaved repeats (eval: {args.repeats * 3})  [load avg {os.getloadavg()[0]:.1f}]')
+    print(f'  {"":<52}{"relu s":>9}{"compiled s":>11}{"lwta s":>9}{"lwta/relu":>11}{"target":>9}'
+          f'{"lwta/compiled":>15}')
+    for label, depth, widen, precision, what, target in ISSUE30_ROWS:
+        relu, lwta_ = medians[depth, precision, what, 'relu'], medians[depth, precision, what, 'lwta']
+        comp = medians.get((depth, precision, what, 'relu compiled'))
+        name = label if depth != 34 else f'WRN-34-1 {label}'
+        print(f'  {name:<52}{relu:9.4f}{comp if comp else float("nan"):11.4f}{lwta_:9.4f}{lwta_ / relu:10.2f}x'
+              f'{"<= %.2fx" % target:>9}' + (f'{lwta_ / comp:14.2f}x' if comp else f'{"-":>15}'))
+    memory = {}
+    for act in ('relu', 'lwta'):
+        torch.manual_seed(0)
+        model = lwta_zoo.WideResNet(depth=34, widen_factor=1, act=act).to(device)
+        memory[act] = saved_bytes(lambda: elbo_loss(model, x, y))
+    print(f'  {"WRN-34-1 memory saved for backward, float32":<52}{memory["relu"] / 2 ** 20:8.0f}M{"":>11}'
+          f'{memory["lwta"] / 2 ** 20:8.0f}M{memory["lwta"] / memory["relu"]:10.2f}x{"<= 1.10x":>9}')
+    for note in notes:
+        print(f'  {note}')
+    if args.compile:
+        print('  compiled ReLU: WRN-34-1 float32 only (compiling a network takes minutes on this CPU; the bf16 and '
+              'WRN-16-4 rows compare with eager ReLU)')
+
+
 def sampling_benchmark(args, device: torch.device, model: nn.Module) -> None:
     x = torch.rand(args.small_batch, 3, 32, 32, device=device)
     model.eval()
@@ -322,7 +402,9 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--apgd-steps', type=int, default=5)
     parser.add_argument('--quick', action='store_true', help='tiny sizes: a smoke test of this script')
-    parser.add_argument('--sections', default='1,2,3,4,5,6,7', help='which of the numbered sections to run')
+    parser.add_argument('--sections', default='1,2,3,4,5,6,7,8', help='which of the numbered sections to run')
+    parser.add_argument('--no-compile', dest='compile', action='store_false',
+                        help="section 8 without the torch.compile'd ReLU")
     args = parser.parse_args()
     sections = {int(n) for n in args.sections.split(',') if n}
     if args.quick:
@@ -352,6 +434,8 @@ def main() -> None:
             general_u_benchmark(args, device)
         if 7 in sections:
             precision_benchmark(args, device)
+        if 8 in sections and device.type == 'cpu':
+            issue30_benchmark(args, device)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,8 @@ activation name.
 """
 from .convert import convert, register_timm_activation
 from .hub import load_pretrained, push_to_hub, save_pretrained
-from .layers import LWTA, IBPConv2d, IBPLinear, kl_divergence, lwta, set_mode
+from .layers import (LWTA, BatchNormLWTA2d, IBPConv2d, IBPLinear, fuse_batchnorm_lwta, kl_divergence, lwta, set_mode,
+                     unfuse_batchnorm_lwta)
 from .models import LeNet5, SmallCNN, VGGCifar, VGGSmall, WideResNet
 from .sampling import MultiSample, set_samples
 
@@ -13,7 +14,7 @@ register_timm_activation()
 
 __version__ = '0.1.0'
 __all__ = [
-    'IBPConv2d', 'IBPLinear', 'LWTA', 'LeNet5', 'MultiSample', 'SmallCNN', 'VGGCifar', 'VGGSmall', 'WideResNet',
-    'convert',
-    'kl_divergence', 'load_pretrained', 'lwta', 'push_to_hub', 'save_pretrained', 'set_mode', 'set_samples',
+    'BatchNormLWTA2d', 'IBPConv2d', 'IBPLinear', 'LWTA', 'LeNet5', 'MultiSample', 'SmallCNN', 'VGGCifar', 'VGGSmall',
+    'WideResNet', 'convert', 'fuse_batchnorm_lwta', 'kl_divergence', 'load_pretrained', 'lwta', 'push_to_hub',
+    'save_pretrained', 'set_mode', 'set_samples', 'unfuse_batchnorm_lwta',
 ]

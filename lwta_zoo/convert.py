@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from timm.layers import create_act
 
+from .layers.batchnorm_lwta import fuse_batchnorm_lwta
 from .layers.lwta import LWTA, track_kl
 from .relu_calls import RELU_LIKE, Call
 from .relu_fx import Rewrite, rewrite_functional_relus
@@ -45,7 +46,7 @@ class ConversionSummary(list):
 
 
 def convert(model: nn.Module, U: int = 2, *, example_inputs: Optional[ExampleInputs] = None, strict: bool = True,
-            **lwta_kwargs) -> nn.Module:
+            fuse: bool = True, **lwta_kwargs) -> nn.Module:
     """Replace every ReLU-family activation that ``model`` applies by ``LWTA(U, **lwta_kwargs)``, in place.
 
     ReLU modules (ReLU, ReLU6, LeakyReLU, RReLU) are swapped; functional calls that torch.fx can
@@ -59,7 +60,12 @@ def convert(model: nn.Module, U: int = 2, *, example_inputs: Optional[ExampleInp
     ``strict=False`` a warning, the rest converted. Without example inputs a module fx could not
     trace is named in a warning: calls in its own code are neither converted nor checked.
 
-    Returns ``model``; ``model.lwta_conversion`` lists each converted site (print it).
+    With ``fuse`` (the default) each BatchNorm2d that feeds an LWTA becomes one ``BatchNormLWTA2d``
+    (``fuse_batchnorm_lwta``; the same state_dict keys, the LWTA then at ``<batchnorm>.act``), which the
+    fused kernels run in one pass; ``fuse=False`` leaves them two modules.
+
+    Returns ``model``; ``model.lwta_conversion`` lists each converted site (print it), at its path
+    before fusion.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f'convert needs a torch.nn.Module to change, got {type(model).__name__} {model!r:.60}')
@@ -76,7 +82,8 @@ def convert(model: nn.Module, U: int = 2, *, example_inputs: Optional[ExampleInp
         rewrite.undo()
         raise
     model.lwta_conversion = _swap(model, U, lwta_kwargs, rewrite.sites, seen)
-    return track_kl(model)
+    track_kl(model)
+    return fuse_batchnorm_lwta(model) if fuse else model
 
 
 def _run_example(model: nn.Module, example_inputs: ExampleInputs) -> Probe:

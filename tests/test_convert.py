@@ -32,7 +32,7 @@ def test_convert_torchvision_resnet18():
     before = model(x).shape
     assert convert(model) is model
     _check_converted(model, x, before)
-    assert model.relu.inplace  # torchvision's ReLU(inplace=True): the LWTA keeps it
+    assert model.bn1.act.inplace  # torchvision's ReLU(inplace=True): the LWTA keeps it (fused with bn1)
 
 
 def test_convert_keeps_each_relus_inplace_unless_told():

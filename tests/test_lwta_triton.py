@@ -67,7 +67,32 @@ def _outputs(case: Case, compute: str, device: str = 'cpu') -> Dict[str, torch.T
         y, d, kl = torch.ops.lwta_zoo.lwta_relaxed(x, U, SEED, TAU, hard, True, True)
         (grad,) = torch.autograd.grad((y * gy).sum() + KL_WEIGHT * kl, x)
         out.update({f'y{hard}': y, f'd{hard}': d, f'kl{hard}': kl, f'grad{hard}': grad})
+    if len(shape) == 4:
+        out.update(_batchnorm_outputs(x, gy, U))
     return {k: v.detach().cpu() for k, v in out.items()}
+
+
+def _batchnorm_outputs(x: torch.Tensor, gy: torch.Tensor, U: int) -> Dict[str, torch.Tensor]:
+    """The fused BatchNorm + LWTA ops on x: eval (a channel affine: exact sample, relaxation) and
+    training (batch statistics, soft and hard), outputs and the gradients of x and the BatchNorm's parameters."""
+    g = torch.Generator().manual_seed(7)
+    scale, shift = torch.rand(x.shape[1], generator=g) + 0.5, torch.randn(x.shape[1], generator=g)
+    scale, shift = (t.to(x.device).requires_grad_(True) for t in (scale, shift))
+    out = {}
+    y = torch.ops.lwta_zoo.bn_lwta_sample(x, scale, shift, U, SEED, True)[0]
+    out['bn_sample'] = y
+    out['bn_sample_gx'], out['bn_sample_gscale'], out['bn_sample_gshift'] = torch.autograd.grad(
+        (y * gy).sum(), (x, scale, shift))
+    y = torch.ops.lwta_zoo.bn_lwta_relaxed(x, scale, shift, U, SEED, TAU)
+    out['bn_relaxed'] = y
+    out['bn_relaxed_gx'], out['bn_relaxed_gscale'], out['bn_relaxed_gshift'] = torch.autograd.grad(
+        (y * gy).sum(), (x, scale, shift))
+    for hard in (False, True):
+        y, mean, var, kl = torch.ops.lwta_zoo.bn_lwta_train(x, scale, shift, 1e-5, U, SEED, TAU, hard, True)
+        out.update({f'bn_train{hard}': y, f'bn_mean{hard}': mean, f'bn_var{hard}': var, f'bn_kl{hard}': kl})
+        out[f'bn_train_gx{hard}'], out[f'bn_train_gw{hard}'], out[f'bn_train_gb{hard}'] = torch.autograd.grad(
+            (y * gy).sum() + KL_WEIGHT * kl, (x, scale, shift))
+    return out
 
 
 def _worker(path: str, device: str) -> None:
@@ -154,6 +179,21 @@ def test_relaxed_sample_kl_and_gradient_equal_the_eager_reference(triton_side, s
     assert torch.allclose(tri[f'y{hard}'].double(), y, rtol=1e-4, atol=1e-5)
     assert torch.allclose(tri[f'kl{hard}'], kl, rtol=1e-5)
     assert torch.allclose(tri[f'grad{hard}'].double(), grad, rtol=1e-3, atol=1e-4 / TAU)
+
+
+@pytest.mark.parametrize('shape,U,layout', [c for c in CASES if len(c[0]) == 4])
+def test_fused_batchnorm_ops_match_the_c_kernels(triton_side, shape, U, layout):
+    tri, c = triton_side['outputs'][shape, U, layout], _outputs((shape, U, 'float32', layout), 'float32')
+    bn_keys = [k for k in c if k.startswith('bn_')]
+    assert len(bn_keys) == 22 and set(bn_keys) <= set(tri)
+    for key in bn_keys:
+        a, b = tri[key], c[key]
+        assert a.shape == b.shape and a.stride() == b.stride(), key
+        # the normalised values to float rounding (fused multiply-add or not): a block whose two
+        # scores are that close may be decided differently (none here); the sums by other orders
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item())), key
+    for key in ('bn_sample', 'bn_trainTrue'):  # the same winners
+        assert torch.equal(tri[key] == 0, c[key] == 0), key
 
 
 @pytest.mark.parametrize('case', HALF_CASES, ids=str)

@@ -99,7 +99,7 @@ def test_lwta_settings_reach_every_layer_and_bad_u_fails_before_building():
     assert all(m.U == 4 and m.tau == 0.5 for m in model.modules() if isinstance(m, LWTA))
     with pytest.raises(ValueError, match='U >= 2'):
         timm.create_model('wrn34_1_lwta', lwta_args={'U': 1})
-    with pytest.raises(ValueError, match="LWTA at 'block1.layer.0.relu1': 16 channels are not divisible by U=3"):
+    with pytest.raises(ValueError, match="LWTA at 'block1.layer.0.bn1.act': 16 channels are not divisible by U=3"):
         timm.create_model('wrn34_1_lwta', lwta_args={'U': 3})(torch.rand(1, 3, 32, 32))
 
 

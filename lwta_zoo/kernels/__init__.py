@@ -35,13 +35,18 @@ COMPILE_FLAGS = ['-O3', '-march=native', '-ffast-math', '-fopenmp', '-fPIC', '-c
 LINK_FLAGS = ['-shared', '-fopenmp', '-lm']
 
 _i64, _u64, _int, _float = ctypes.c_int64, ctypes.c_uint64, ctypes.c_int, ctypes.c_float
-SIGNATURES = {  # name: (restype, argtypes); pointers are passed as addresses (c_void_p)
+_double = ctypes.c_double
+_ptrs = [ctypes.c_void_p]
+SIGNATURES = {  # name: (restype, argtypes); pointers are passed as addresses (c_void_p), None for NULL
     # geometry (N, G, U, S) and layout (1: units adjacent in memory, +2: bfloat16) follow the pointers
-    'lwta_sample': (None, [ctypes.c_void_p] * 3 + [_i64] * 4 + [_int, _u64, _int]),
-    'lwta_sample_backward': (None, [ctypes.c_void_p] * 3 + [_i64] * 4 + [_int, _int]),
-    'lwta_relaxed': (ctypes.c_double, [ctypes.c_void_p] * 3 + [_i64] * 4 + [_int, _u64, _float, _int, _int, _int]),
-    'lwta_relaxed_backward': (None, [ctypes.c_void_p] * 4 + [_i64] * 4 + [_int, _u64, _float, _int, _float, _int]),
-    'lwta_uniforms': (None, [ctypes.c_void_p] + [_i64] * 3 + [_u64, _i64]),
+    'lwta_sample': (None, _ptrs * 5 + [_i64] * 4 + [_int, _u64, _int]),
+    'lwta_sample_backward': (None, _ptrs * 6 + [_i64] * 4 + [_int, _int]),
+    'lwta_relaxed': (_double, _ptrs * 5 + [_i64] * 4 + [_int, _u64, _float, _int, _int, _int]),
+    'lwta_relaxed_backward': (None, _ptrs * 10 + [_i64] * 4 + [_int, _u64, _float, _int, _float, _int]),
+    # BatchNorm's passes over (N, C, S)
+    'lwta_channel_stats': (None, _ptrs * 2 + [_i64] * 3 + [_int, _int]),
+    'lwta_channel_axpb': (None, _ptrs * 6 + [_i64] * 3 + [_int, _int]),
+    'lwta_uniforms': (None, _ptrs + [_i64] * 3 + [_u64, _i64]),
     'lwta_max_units': (_int, []),
 }
 

@@ -69,6 +69,35 @@ def _gumbel(seed, k, U: tl.constexpr):
 
 
 @triton.jit
+def _channels(b, k, G, U: tl.constexpr):
+    """Channel index of units k of blocks b, (UP, 8, 1), and which exist."""
+    return b * U + k, (b < G) & (k < U)
+
+
+@triton.jit
+def _affine(h, scale, shift, b, k, G, U: tl.constexpr):
+    """h*scale + shift by channel: a fused BatchNorm's output read from its input."""
+    c, cm = _channels(b, k, G, U)
+    return h * tl.load(scale + c, mask=cm, other=1.0) + tl.load(shift + c, mask=cm, other=0.0)
+
+
+@triton.jit
+def _nan_blocks(out, h, k, U: tl.constexpr):
+    """out, NaN in every unit of a block of h with a NaN unit (as the C kernels)."""
+    bad = tl.max(tl.where((h != h) & (k < U), 1, 0), 0, keep_dims=True)
+    return tl.where(bad > 0, float('nan'), out)
+
+
+@triton.jit
+def _store_sums(part, z, xc, b, k, G, U: tl.constexpr):
+    """This program's channel sums of z and z*xc over its positions: part[pid0, 0 or 1, channel]."""
+    c, cm = _channels(b, k, G, U)
+    base = part + tl.program_id(0).to(tl.int64) * 2 * G * U
+    tl.store(base + c, tl.sum(z, 2, keep_dims=True), mask=cm)
+    tl.store(base + G * U + c, tl.sum(z * xc, 2, keep_dims=True), mask=cm)
+
+
+@triton.jit
 def _sigmoid(z):
     return 1.0 / (1.0 + tl.exp(tl.minimum(-z, 80.0)))  # the C kernels' bound on exp's argument
 
@@ -88,45 +117,58 @@ def _weights(dv, k, seed, inv_tau, U: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=['seed'])
-def _sample_kernel(x, y, idx, N, G, S, seed, U: tl.constexpr, UP: tl.constexpr, NHWC: tl.constexpr,
-                   SAVE: tl.constexpr):
-    """Exact sample: the winner of each block passes its response; idx gets its unit (if SAVE)."""
+def _sample_kernel(x, y, idx, scale, shift, N, G, S, seed, U: tl.constexpr, UP: tl.constexpr, NHWC: tl.constexpr,
+                   SAVE: tl.constexpr, AFFINE: tl.constexpr):
+    """Exact sample: the winner of each block passes its response; idx gets its unit (if SAVE). With
+    AFFINE the blocks are x*scale + shift by channel (a fused BatchNorm)."""
     k, b, q, blocks, mask = _tile(N, G, S, U, UP)
     at = _at(b, q, k, G, S, U, NHWC)
     h = tl.load(x + at, mask=mask, other=0.0).to(tl.float32)
+    if AFFINE:
+        h = _affine(h, scale, shift, b, k, G, U)
     if U == 2:  # a wins iff u < sigmoid(a - b), written as the C kernel does
         u = _uniform(seed, tl.zeros((1, 1, 1), tl.int32))
         win = tl.where(u * (1.0 + tl.exp(tl.minimum(-tl.sum(tl.where(k == 0, h, -h), 0, keep_dims=True), 80.0)))
                        < 1.0, 0, 1)
     else:
         win = tl.argmax(h + _gumbel(seed, k, U), 0, keep_dims=True)
-    tl.store(y + at, tl.where(k == win, h, 0.0).to(y.dtype.element_ty), mask=mask)
+    tl.store(y + at, _nan_blocks(tl.where(k == win, h, 0.0), h, k, U).to(y.dtype.element_ty), mask=mask)
     if SAVE:
         tl.store(idx + _at(b, q, 0, G, S, 1, NHWC), win.to(tl.uint8), mask=blocks)
 
 
 @triton.jit
-def _sample_backward_kernel(gy, idx, gx, N, G, S, U: tl.constexpr, UP: tl.constexpr, NHWC: tl.constexpr):
-    """The gradient goes to the winner."""
+def _sample_backward_kernel(gy, idx, gx, x, grad_scale, part, N, G, S, U: tl.constexpr, UP: tl.constexpr,
+                            NHWC: tl.constexpr, SCALED: tl.constexpr, SUMS: tl.constexpr):
+    """The gradient goes to the winner (times grad_scale by channel if SCALED); with SUMS the channel
+    sums of that gradient z and of z*x go to part."""
     k, b, q, blocks, mask = _tile(N, G, S, U, UP)
     at = _at(b, q, k, G, S, U, NHWC)
     win = tl.load(idx + _at(b, q, 0, G, S, 1, NHWC), mask=blocks, other=0).to(tl.int32)
-    g = tl.load(gy + at, mask=mask, other=0.0)
-    tl.store(gx + at, tl.where(k == win, g, 0.0).to(gx.dtype.element_ty), mask=mask)
+    z = tl.where(k == win, tl.load(gy + at, mask=mask, other=0.0).to(tl.float32), 0.0)
+    if SUMS:
+        _store_sums(part, z, tl.load(x + at, mask=mask, other=0.0).to(tl.float32), b, k, G, U)
+    if SCALED:
+        c, cm = _channels(b, k, G, U)
+        z = z * tl.load(grad_scale + c, mask=cm, other=1.0)
+    tl.store(gx + at, z.to(gx.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=['seed'])
-def _relaxed_kernel(x, y, d, kl, N, G, S, seed, inv_tau, U: tl.constexpr, UP: tl.constexpr, NHWC: tl.constexpr,
-                    HARD: tl.constexpr, WANT_KL: tl.constexpr, SAVE: tl.constexpr):
-    """Concrete relaxation; d gets d_k = h_k - h_{U-1} (if SAVE), kl[program] the tile's summed
-    KL of softmax(h) to the uniform prior (if WANT_KL)."""
+def _relaxed_kernel(x, y, d, kl, scale, shift, N, G, S, seed, inv_tau, U: tl.constexpr, UP: tl.constexpr,
+                    NHWC: tl.constexpr, HARD: tl.constexpr, WANT_KL: tl.constexpr, SAVE: tl.constexpr,
+                    AFFINE: tl.constexpr):
+    """Concrete relaxation (of x*scale + shift with AFFINE); d gets d_k = h_k - h_{U-1} (if SAVE),
+    kl[program] the tile's summed KL of softmax(h) to the uniform prior (if WANT_KL)."""
     k, b, q, blocks, mask = _tile(N, G, S, U, UP)
     at = _at(b, q, k, G, S, U, NHWC)
     h = tl.load(x + at, mask=mask, other=0.0).to(tl.float32)
+    if AFFINE:
+        h = _affine(h, scale, shift, b, k, G, U)
     dv = tl.where(k < U, h - tl.sum(tl.where(k == U - 1, h, 0.0), 0, keep_dims=True), 0.0)
     s, win = _weights(dv, k, seed, inv_tau, U)
     out = tl.where(k == win, h, 0.0) if HARD else h * s
-    tl.store(y + at, out.to(y.dtype.element_ty), mask=mask)
+    tl.store(y + at, _nan_blocks(out, h, k, U).to(y.dtype.element_ty), mask=mask)
     if SAVE:
         tl.store(d + _at(b, q, k, G, S, U - 1, NHWC), dv, mask=mask & (k < U - 1))
     if WANT_KL:  # sum_k q_k (h_k - m) - log sum_k e^(h_k - m) + log U, q = softmax(h)
@@ -138,25 +180,42 @@ def _relaxed_kernel(x, y, d, kl, N, G, S, seed, inv_tau, U: tl.constexpr, UP: tl
 
 
 @triton.jit(do_not_specialize=['seed'])
-def _relaxed_backward_kernel(gy, y, d, gx, kl_scale, N, G, S, seed, inv_tau, U: tl.constexpr, UP: tl.constexpr,
-                             NHWC: tl.constexpr, HARD: tl.constexpr, WANT_KL: tl.constexpr):
-    """Backward of the relaxation from y and d, the noise regenerated from the seed; adds
-    kl_scale (a float64 scalar in memory) times the KL's gradient if WANT_KL."""
+def _relaxed_backward_kernel(gy, y, d, gx, kl_scale, x, scale, shift, grad_scale, center, part, N, G, S, seed,
+                             inv_tau, U: tl.constexpr, UP: tl.constexpr, NHWC: tl.constexpr, HARD: tl.constexpr,
+                             WANT_KL: tl.constexpr, FROM_X: tl.constexpr, SCALED: tl.constexpr,
+                             CENTERED: tl.constexpr):
+    """Backward of the relaxation, the noise regenerated from the seed; adds kl_scale (a float64
+    scalar in memory) times the KL's gradient if WANT_KL. The input from y and d, or with FROM_X
+    from x*scale + shift (a fused BatchNorm): then the channel sums of the gradient z and of
+    z*(x - center) go to part, and z is written times grad_scale if SCALED."""
     k, b, q, blocks, mask = _tile(N, G, S, U, UP)
     at = _at(b, q, k, G, S, U, NHWC)
     g = tl.load(gy + at, mask=mask, other=0.0).to(tl.float32)
-    dv = tl.load(d + _at(b, q, k, G, S, U - 1, NHWC), mask=mask & (k < U - 1), other=0.0)
-    s, win = _weights(dv, k, seed, inv_tau, U)
-    w = (k == win).to(tl.float32) if HARD else s
-    # the input: h_{U-1} = sum_k y_k - sum_k w_k d_k, h_k = h_{U-1} + d_k
-    yv = tl.load(y + at, mask=mask, other=0.0).to(tl.float32)
-    h = tl.sum(yv - dv * w, 0, keep_dims=True) + dv
+    if FROM_X:
+        xv = tl.load(x + at, mask=mask, other=0.0).to(tl.float32)
+        h = _affine(xv, scale, shift, b, k, G, U)
+        dv = tl.where(k < U, h - tl.sum(tl.where(k == U - 1, h, 0.0), 0, keep_dims=True), 0.0)
+        s, win = _weights(dv, k, seed, inv_tau, U)
+        w = (k == win).to(tl.float32) if HARD else s
+    else:
+        dv = tl.load(d + _at(b, q, k, G, S, U - 1, NHWC), mask=mask & (k < U - 1), other=0.0)
+        s, win = _weights(dv, k, seed, inv_tau, U)
+        w = (k == win).to(tl.float32) if HARD else s
+        # the input: h_{U-1} = sum_k y_k - sum_k w_k d_k, h_k = h_{U-1} + d_k
+        yv = tl.load(y + at, mask=mask, other=0.0).to(tl.float32)
+        h = tl.sum(yv - dv * w, 0, keep_dims=True) + dv
     # d/dh_k of sum_l g_l h_l w_l: g_k w_k + s_k (g_k h_k - sum_l g_l h_l s_l) / tau
     grad = g * w + s * (g * h - tl.sum(g * h * s, 0, keep_dims=True)) * inv_tau
     if WANT_KL:  # d KL / dh_k = q_k (d_k - sum_l q_l d_l), q = softmax(d)
         p = tl.where(k < U, tl.exp(dv - tl.max(dv, 0, keep_dims=True)), 0.0)
         p = p / tl.sum(p, 0, keep_dims=True)
         grad += tl.load(kl_scale).to(tl.float32) * p * (dv - tl.sum(p * dv, 0, keep_dims=True))
+    if FROM_X:
+        c, cm = _channels(b, k, G, U)
+        xc = xv - tl.load(center + c, mask=cm, other=0.0) if CENTERED else xv
+        _store_sums(part, tl.where(mask, grad, 0.0), xc, b, k, G, U)
+        if SCALED:
+            grad = grad * tl.load(grad_scale + c, mask=cm, other=1.0)
     tl.store(gx + at, grad.to(gx.dtype.element_ty), mask=mask)
 
 
@@ -169,23 +228,43 @@ def _blocks(geo) -> int:
     return geo.N * geo.G * geo.S
 
 
-def sample(x: Tensor, y: Tensor, idx: Optional[Tensor], geo, seed: int) -> None:
-    """Exact sample of x into y; idx (one uint8 a block, or None) gets the winners. ``geo``: lwta_fast.Geometry."""
+def _part(geo, grid, wanted: bool, device) -> Optional[Tensor]:
+    """Each program's channel sums (see _store_sums), zero where a program has none."""
+    return torch.zeros(grid[0], 2, geo.G * geo.U, device=device) if wanted else None
+
+
+def _sum_parts(part: Optional[Tensor], sums: Optional[Tensor]) -> None:
+    """The programs' channel sums added up in a fixed order into sums (float64, 2C)."""
+    if sums is not None:
+        sums.copy_(part.sum(0, dtype=torch.float64))
+
+
+def sample(x: Tensor, y: Tensor, idx: Optional[Tensor], geo, seed: int, scale: Optional[Tensor] = None,
+           shift: Optional[Tensor] = None) -> None:
+    """Exact sample of x (of x*scale + shift by channel, if given) into y; idx (one uint8 a block, or None)
+    gets the winners. ``geo``: lwta_fast.Geometry."""
     (grid, UP), N, G, S = _launch(geo), geo.N, geo.G, geo.S
     if _blocks(geo):
-        _sample_kernel[grid](x, y, idx, N, G, S, seed, U=geo.U, UP=UP, NHWC=geo.nhwc, SAVE=idx is not None)
+        _sample_kernel[grid](x, y, idx, scale, shift, N, G, S, seed, U=geo.U, UP=UP, NHWC=geo.nhwc,
+                             SAVE=idx is not None, AFFINE=scale is not None)
 
 
-def sample_backward(gy: Tensor, idx: Tensor, gx: Tensor, geo) -> None:
-    """gx = gy at the winners idx, 0 elsewhere."""
+def sample_backward(gy: Tensor, idx: Tensor, gx: Tensor, geo, x: Optional[Tensor] = None,
+                    grad_scale: Optional[Tensor] = None, sums: Optional[Tensor] = None) -> None:
+    """gx = gy at the winners idx (times grad_scale by channel, if given), 0 elsewhere; sums (float64, 2C,
+    or None) gets the channel sums of that gradient z (without grad_scale) and of z*x."""
     grid, UP = _launch(geo)
+    part = _part(geo, grid, sums is not None, gy.device)
     if _blocks(geo):
-        _sample_backward_kernel[grid](gy, idx, gx, geo.N, geo.G, geo.S, U=geo.U, UP=UP, NHWC=geo.nhwc)
+        _sample_backward_kernel[grid](gy, idx, gx, x, grad_scale, part, geo.N, geo.G, geo.S, U=geo.U, UP=UP,
+                                      NHWC=geo.nhwc, SCALED=grad_scale is not None, SUMS=sums is not None)
+    _sum_parts(part, sums)
 
 
 def relaxed(x: Tensor, y: Tensor, d: Optional[Tensor], geo, seed: int, tau: float, hard: bool,
-            want_kl: bool) -> Tensor:
-    """Relaxed sample of x into y; d (float32, U-1 units a block, or None) gets the differences.
+            want_kl: bool, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None) -> Tensor:
+    """Relaxed sample of x (of x*scale + shift by channel, if given) into y; d (float32, U-1 units a block,
+    or None) gets the differences.
 
     Returns the KL to the uniform prior, summed over blocks and averaged over the batch
     (0 unless want_kl; NaN for an empty batch), as a 0-dim float32 tensor on x's device: no host sync.
@@ -193,19 +272,41 @@ def relaxed(x: Tensor, y: Tensor, d: Optional[Tensor], geo, seed: int, tau: floa
     grid, UP = _launch(geo)
     kl = torch.zeros(grid[0] * grid[1] if want_kl else 0, dtype=torch.float32, device=x.device)
     if _blocks(geo):
-        _relaxed_kernel[grid](x, y, d, kl, geo.N, geo.G, geo.S, seed, 1.0 / tau, U=geo.U, UP=UP, NHWC=geo.nhwc,
-                              HARD=hard, WANT_KL=want_kl, SAVE=d is not None)
+        _relaxed_kernel[grid](x, y, d, kl, scale, shift, geo.N, geo.G, geo.S, seed, 1.0 / tau, U=geo.U, UP=UP,
+                              NHWC=geo.nhwc, HARD=hard, WANT_KL=want_kl, SAVE=d is not None,
+                              AFFINE=scale is not None)
     return (kl.sum(dtype=torch.float64) / geo.N).float()
 
 
-def relaxed_backward(gy: Tensor, y: Tensor, d: Tensor, gx: Tensor, geo, seed: int, tau: float, hard: bool,
-                     kl_scale: Optional[Tensor]) -> None:
+def relaxed_backward(gy: Tensor, y: Optional[Tensor], d: Optional[Tensor], gx: Tensor, geo, seed: int, tau: float,
+                     hard: bool, kl_scale: Optional[Tensor], x: Optional[Tensor] = None,
+                     scale: Optional[Tensor] = None, shift: Optional[Tensor] = None,
+                     grad_scale: Optional[Tensor] = None, center: Optional[Tensor] = None,
+                     sums: Optional[Tensor] = None) -> None:
     """Gradient gx of relaxed() from the upstream gy; kl_scale (0-dim float64 tensor on the
-    device, or None) is the gradient of the loss w.r.t. the summed KL."""
+    device, or None) is the gradient of the loss w.r.t. the summed KL. The input from y and d, or
+    (x given) from x*scale + shift: then sums (float64, 2C) gets the channel sums of the gradient z
+    and of z*(x - center), and gx is z times grad_scale (if given)."""
     grid, UP = _launch(geo)
+    part = _part(geo, grid, x is not None, gy.device)
     if _blocks(geo):
-        _relaxed_backward_kernel[grid](gy, y, d, gx, kl_scale, geo.N, geo.G, geo.S, seed, 1.0 / tau, U=geo.U, UP=UP,
-                                       NHWC=geo.nhwc, HARD=hard, WANT_KL=kl_scale is not None)
+        _relaxed_backward_kernel[grid](gy, y, d, gx, kl_scale, x, scale, shift, grad_scale, center, part, geo.N,
+                                       geo.G, geo.S, seed, 1.0 / tau, U=geo.U, UP=UP, NHWC=geo.nhwc, HARD=hard,
+                                       WANT_KL=kl_scale is not None, FROM_X=x is not None,
+                                       SCALED=grad_scale is not None, CENTERED=center is not None)
+    _sum_parts(part, sums)
+
+
+def channel_stats(x: Tensor, geo) -> tuple:
+    """Per-channel mean and biased variance of an (N, C, H, W) x, float64 (BatchNorm's statistics)."""
+    var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+    return mean.double(), var.double()
+
+
+def channel_axpb(gz: Tensor, x: Tensor, gx: Tensor, a: Tensor, b: Tensor, e: Tensor, geo) -> None:
+    """gx = a*gz + b*x + e by channel (gx may be gz): BatchNorm's backward once its sums are known."""
+    a, b, e = (t.view(1, -1, 1, 1) for t in (a, b, e))
+    gx.copy_(torch.addcmul(gz.float() * a + e, x.float(), b))
 
 
 @triton.jit(do_not_specialize=['seed'])

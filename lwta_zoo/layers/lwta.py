@@ -15,6 +15,9 @@ Modes (see ``MODES``):
 * ``max``: deterministic LWTA-max (the AISTATS paper's baseline): the largest unit wins.
 * ``mean``: the expected output ``h * softmax(h)``, a smooth surrogate for adaptive attacks.
 
+A NaN input surfaces as ReLU's does, the same way in every mode and on every path (eager,
+fused, BatchNorm fused): a block with a NaN unit outputs NaN in all its units.
+
 KL of the winners (``kl``), recorded after each training-mode 'sample' forward:
 
 * ``closed`` (default): KL[q(xi) || Categorical(1/U)] of the categorical winners in closed form.
@@ -129,6 +132,8 @@ def lwta(
     if mode == 'sample' and straight_through:
         p = h.softmax(2)
         xi = xi + p - p.detach()
+    if mode == 'max' or not (training or eval_tau is not None or mode == 'mean'):  # one-hot: no softmax carries NaN
+        xi = xi.masked_fill(h.isnan().any(2, keepdim=True), math.nan)
     return (h * xi).flatten(1, 2)
 
 

@@ -132,7 +132,12 @@ def _ptr(t: Optional[Tensor]) -> Optional[int]:
 
 
 class _Cpu:
-    """The C kernels behind the ops on CPU tensors, with the launchers' interface of ``kernels/lwta_triton.py``."""
+    """The C kernels behind the ops on CPU tensors, with the launchers' interface of ``kernels/lwta_triton.py``.
+
+    ``scale`` and ``shift`` (float32, one a channel): the kernels read z = x*scale + shift (a fused
+    BatchNorm); backward: the input gradient is written times ``grad_scale``, and ``sums`` (float64,
+    2C) gets the channel sums of the gradient z with respect to the affine's output and of z*(x - center).
+    """
 
     @staticmethod
     def _args(t: Tensor, geo: Geometry) -> tuple:
@@ -142,28 +147,49 @@ class _Cpu:
         return geo.N, geo.G, geo.U, geo.S, layout
 
     @staticmethod
-    def sample(x: Tensor, y: Tensor, idx: Optional[Tensor], geo: Geometry, seed: int) -> None:
-        _lib().lwta_sample(x.data_ptr(), y.data_ptr(), _ptr(idx), *_Cpu._args(x, geo), seed,
+    def sample(x: Tensor, y: Tensor, idx: Optional[Tensor], geo: Geometry, seed: int, scale: Optional[Tensor] = None,
+               shift: Optional[Tensor] = None) -> None:
+        _lib().lwta_sample(x.data_ptr(), y.data_ptr(), _ptr(idx), _ptr(scale), _ptr(shift), *_Cpu._args(x, geo), seed,
                            _threads(geo.N * geo.G * geo.S))
 
     @staticmethod
-    def sample_backward(gy: Tensor, idx: Tensor, gx: Tensor, geo: Geometry) -> None:
-        _lib().lwta_sample_backward(gy.data_ptr(), idx.data_ptr(), gx.data_ptr(), *_Cpu._args(gy, geo),
-                                    _threads(geo.N * geo.G * geo.S))
+    def sample_backward(gy: Tensor, idx: Tensor, gx: Tensor, geo: Geometry, x: Optional[Tensor] = None,
+                        grad_scale: Optional[Tensor] = None, sums: Optional[Tensor] = None) -> None:
+        _lib().lwta_sample_backward(gy.data_ptr(), idx.data_ptr(), gx.data_ptr(), _ptr(x), _ptr(grad_scale),
+                                    _ptr(sums), *_Cpu._args(gy, geo), _threads(geo.N * geo.G * geo.S))
 
     @staticmethod
     def relaxed(x: Tensor, y: Tensor, d: Optional[Tensor], geo: Geometry, seed: int, tau: float, hard: bool,
-                want_kl: bool) -> Tensor:
-        kl = _lib().lwta_relaxed(x.data_ptr(), y.data_ptr(), _ptr(d), *_Cpu._args(x, geo), seed, tau, hard, want_kl,
-                                 _threads(geo.N * geo.G * geo.S))
+                want_kl: bool, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None) -> Tensor:
+        kl = _lib().lwta_relaxed(x.data_ptr(), y.data_ptr(), _ptr(d), _ptr(scale), _ptr(shift), *_Cpu._args(x, geo),
+                                 seed, tau, hard, want_kl, _threads(geo.N * geo.G * geo.S))
         return torch.tensor(kl / geo.N if geo.N else math.nan, dtype=torch.float32)
 
     @staticmethod
-    def relaxed_backward(gy: Tensor, y: Tensor, d: Tensor, gx: Tensor, geo: Geometry, seed: int, tau: float,
-                         hard: bool, kl_scale: Optional[Tensor]) -> None:
-        _lib().lwta_relaxed_backward(gy.data_ptr(), y.data_ptr(), d.data_ptr(), gx.data_ptr(), *_Cpu._args(gy, geo),
+    def relaxed_backward(gy: Tensor, y: Optional[Tensor], d: Optional[Tensor], gx: Tensor, geo: Geometry, seed: int,
+                         tau: float, hard: bool, kl_scale: Optional[Tensor], x: Optional[Tensor] = None,
+                         scale: Optional[Tensor] = None, shift: Optional[Tensor] = None,
+                         grad_scale: Optional[Tensor] = None, center: Optional[Tensor] = None,
+                         sums: Optional[Tensor] = None) -> None:
+        _lib().lwta_relaxed_backward(gy.data_ptr(), _ptr(y), _ptr(d), _ptr(x), _ptr(scale), _ptr(shift),
+                                     _ptr(grad_scale), _ptr(center), _ptr(sums), gx.data_ptr(), *_Cpu._args(gy, geo),
                                      seed, tau, hard, 0.0 if kl_scale is None else float(kl_scale),
                                      _threads(geo.N * geo.G * geo.S))
+
+    @staticmethod
+    def channel_stats(x: Tensor, geo: Geometry) -> Tuple[Tensor, Tensor]:
+        """Per-channel mean and (biased) variance of x, float64, thread-independent."""
+        out = torch.empty(3, geo.G * geo.U, dtype=torch.float64)
+        N, C, S, layout = geo.N, geo.G * geo.U, geo.S, _Cpu._args(x, geo)[-1]
+        _lib().lwta_channel_stats(x.data_ptr(), out.data_ptr(), N, C, S, layout, _threads(N * geo.G * S))
+        ref, s1, s2 = out / (N * S)
+        return ref * (N * S) + s1, s2 - s1 * s1
+
+    @staticmethod
+    def channel_axpb(gz: Tensor, x: Tensor, gx: Tensor, a: Tensor, b: Tensor, e: Tensor, geo: Geometry) -> None:
+        """gx = a*gz + b*x + e, channel by channel (gx may be gz)."""
+        _lib().lwta_channel_axpb(gz.data_ptr(), x.data_ptr(), gx.data_ptr(), a.data_ptr(), b.data_ptr(), e.data_ptr(),
+                                 geo.N, geo.G * geo.U, geo.S, _Cpu._args(gz, geo)[-1], _threads(geo.N * geo.G * geo.S))
 
 
 def _kernels(t: Tensor):
@@ -297,3 +323,179 @@ def uniforms(shape: Tuple[int, ...], seed: int, unit: int = 0, U: int = 2) -> Te
     out = torch.empty(N, G, *shape[2:])
     _lib().lwta_uniforms(out.data_ptr(), N, G, S, seed & _U64, unit)
     return out
+
+
+# ---- BatchNorm fused into LWTA -----------------------------------------------------------------
+# The ops below read z = x*scale + shift per channel (a BatchNorm) as they read x, so that BatchNorm
+# and LWTA make one pass over the tensor rather than two; ``layers/batchnorm_lwta.py`` uses them.
+
+
+def supports_batchnorm(x: Tensor, U: int = 2) -> bool:
+    """Whether the fused BatchNorm + LWTA ops take ``x``: an image batch (N, C, H, W) that ``supports``."""
+    return x.dim() == 4 and supports(x, U)
+
+
+def _channel_sums(x: Tensor, geo: Geometry, wanted: bool) -> Optional[Tensor]:
+    return torch.empty(2, geo.G * geo.U, dtype=torch.float64, device=x.device) if wanted else None
+
+
+@torch.library.custom_op('lwta_zoo::bn_lwta_sample', mutates_args=(), device_types=('cpu', 'cuda'))
+def _bn_sample_op(x: Tensor, scale: Tensor, shift: Tensor, U: int, seed: int, save_idx: bool) -> Tuple[Tensor, Tensor]:
+    """The exact sample of x*scale + shift (BatchNorm in eval) and, if save_idx, the winners."""
+    geo = _geometry(x, U)
+    y = torch.empty_like(x)
+    idx = torch.empty(geo.N * geo.G * geo.S if save_idx else 0, dtype=torch.uint8, device=x.device)
+    _kernels(x).sample(x, y, idx if save_idx else None, geo, seed & _U64, scale, shift)
+    return y, idx
+
+
+@_bn_sample_op.register_fake
+def _(x: Tensor, scale: Tensor, shift: Tensor, U: int, seed: int, save_idx: bool) -> Tuple[Tensor, Tensor]:
+    geo = _geometry(x, U)
+    return torch.empty_like(x), x.new_empty(geo.N * geo.G * geo.S if save_idx else 0, dtype=torch.uint8)
+
+
+def _bn_sample_setup(ctx, inputs, output) -> None:
+    x, scale, _, U, _, ctx.saved = inputs
+    ctx.geo, ctx.stride = _geometry(x, U), output[0].stride()
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x if ctx.needs_input_grad[1] or ctx.needs_input_grad[2] else None, scale, output[1])
+
+
+def _affine_grads(sums: Optional[Tensor]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """The gradients of scale and shift from the channel sums (sum of z*x, sum of z)."""
+    return (None, None) if sums is None else (sums[1].float(), sums[0].float())
+
+
+def _bn_sample_backward(ctx, grad_y: Optional[Tensor], grad_idx: Optional[Tensor]):
+    x, scale, idx = ctx.saved_tensors
+    if not ctx.saved:
+        raise RuntimeError('bn_lwta_sample was called with save_idx=False and cannot be differentiated')
+    if grad_y is None:
+        return None, None, None, None, None, None
+    grad_y = _like(grad_y, ctx.stride, grad_y.dtype)
+    grad_x, sums = torch.empty_like(grad_y), _channel_sums(grad_y, ctx.geo, x is not None)
+    _kernels(grad_y).sample_backward(grad_y, idx, grad_x, ctx.geo, x, scale, sums)
+    return (grad_x, *_affine_grads(sums), None, None, None)
+
+
+_bn_sample_op.register_autograd(_bn_sample_backward, setup_context=_bn_sample_setup)
+
+
+@torch.library.custom_op('lwta_zoo::bn_lwta_relaxed', mutates_args=(), device_types=('cpu', 'cuda'))
+def _bn_relaxed_op(x: Tensor, scale: Tensor, shift: Tensor, U: int, seed: int, tau: float) -> Tensor:
+    """The concrete relaxation of x*scale + shift (BatchNorm in eval; LWTA's ``eval_tau``)."""
+    geo = _geometry(x, U)
+    y = torch.empty_like(x)
+    _kernels(x).relaxed(x, y, None, geo, seed & _U64, tau, False, False, scale, shift)
+    return y
+
+
+@_bn_relaxed_op.register_fake
+def _(x: Tensor, scale: Tensor, shift: Tensor, U: int, seed: int, tau: float) -> Tensor:
+    _geometry(x, U)
+    return torch.empty_like(x)
+
+
+def _bn_relaxed_setup(ctx, inputs, output) -> None:
+    x, scale, shift, U, ctx.seed, ctx.tau = inputs
+    ctx.geo, ctx.stride = _geometry(x, U), output.stride()
+    ctx.save_for_backward(x, scale, shift)
+
+
+def _bn_relaxed_backward(ctx, grad_y: Tensor):
+    x, scale, shift = ctx.saved_tensors
+    grad_y = _like(grad_y, ctx.stride, grad_y.dtype)
+    grad_x, sums = torch.empty_like(grad_y), _channel_sums(grad_y, ctx.geo, True)  # the C kernel needs them
+    _kernels(grad_y).relaxed_backward(grad_y, None, None, grad_x, ctx.geo, ctx.seed & _U64, ctx.tau, False, None,
+                                      x, scale, shift, scale, None, sums)
+    return (grad_x, *_affine_grads(sums), None, None, None)
+
+
+_bn_relaxed_op.register_autograd(_bn_relaxed_backward, setup_context=_bn_relaxed_setup)
+
+
+@torch.library.custom_op('lwta_zoo::bn_lwta_train', mutates_args=(), device_types=('cpu', 'cuda'))
+def _bn_train_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, U: int, seed: int,
+                 tau: float, hard: bool, want_kl: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """BatchNorm in training (batch statistics) then the concrete relaxation (``hard``: its one-hot
+    argmax, straight-through) of its output, one pass over x after the statistics' pass. Returns y,
+    the batch mean and (biased) variance (float32, for the running statistics; not differentiated)
+    and the KL of the winners (float32, mean over the batch; 0 unless want_kl)."""
+    geo = _geometry(x, U)
+    mean, var = _kernels(x).channel_stats(x, geo)
+    scale, shift = _train_affine(mean, var, weight, bias, eps)
+    y = torch.empty_like(x)
+    kl = _kernels(x).relaxed(x, y, None, geo, seed & _U64, tau, hard, want_kl, scale, shift)
+    return y, mean.float(), var.clamp(min=0).float(), kl
+
+
+def _train_affine(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                  eps: float) -> Tuple[Tensor, Tensor]:
+    """BatchNorm's output as x*scale + shift (float32) from the batch statistics (float64)."""
+    invstd = (var.clamp(min=0) + eps).rsqrt()
+    scale = invstd if weight is None else invstd * weight.double()
+    shift = -mean * scale + (0.0 if bias is None else bias.double())
+    return scale.float(), shift.float()
+
+
+@_bn_train_op.register_fake
+def _(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, U: int, seed: int, tau: float,
+      hard: bool, want_kl: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    geo, f32 = _geometry(x, U), torch.float32
+    C = geo.G * geo.U
+    return torch.empty_like(x), x.new_empty(C, dtype=f32), x.new_empty(C, dtype=f32), x.new_empty((), dtype=f32)
+
+
+def _bn_train_setup(ctx, inputs, output) -> None:
+    x, weight, bias, ctx.eps, U, ctx.seed, ctx.tau, ctx.hard, ctx.want_kl = inputs
+    ctx.geo, ctx.stride = _geometry(x, U), output[0].stride()
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, weight, bias, output[1], output[2])
+
+
+def _bn_train_backward(ctx, grad_y: Optional[Tensor], grad_mean, grad_var, grad_kl: Optional[Tensor]):
+    """LWTA's backward and BatchNorm's reductions in one pass (the gradient z of BatchNorm's output and
+    its channel sums), then BatchNorm's input gradient in a second: with M = N*H*W,
+    dx = scale * (z - sum(z)/M - (x - mean) * invstd^2 * sum(z (x - mean))/M)."""
+    x, weight, bias, mean, var = ctx.saved_tensors
+    geo, M = ctx.geo, ctx.geo.N * ctx.geo.S
+    grad_y = torch.zeros_like(x) if grad_y is None else _like(grad_y, ctx.stride, x.dtype)
+    mean64, var64 = mean.double(), var.double()
+    scale, shift = _train_affine(mean64, var64, weight, bias, ctx.eps)
+    kl_scale = grad_kl.double() / geo.N if (grad_kl is not None and ctx.want_kl) else None
+    grad_x, sums = torch.empty_like(grad_y), _channel_sums(grad_y, geo, True)
+    kernels = _kernels(grad_y)
+    kernels.relaxed_backward(grad_y, None, None, grad_x, geo, ctx.seed & _U64, ctx.tau, ctx.hard, kl_scale,
+                             x, scale, shift, None, mean, sums)
+    invstd = (var64 + ctx.eps).rsqrt()
+    s1, s2 = sums
+    a = scale.double()
+    b = -a * invstd * invstd * s2 / M
+    e = -b * mean64 - a * s1 / M
+    kernels.channel_axpb(grad_x, x, grad_x, a.float(), b.float(), e.float(), geo)
+    grad_weight = (s2 * invstd).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+    grad_bias = s1.to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
+    return grad_x, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+_bn_train_op.register_autograd(_bn_train_backward, setup_context=_bn_train_setup)
+
+
+def batchnorm_sample(x: Tensor, scale: Tensor, shift: Tensor, U: int = 2, seed: Optional[int] = None) -> Tensor:
+    """``sample(x*scale + shift)`` (scale, shift: float32, one a channel) in one pass: BatchNorm in eval, then LWTA."""
+    return _bn_sample_op(x, scale, shift, U, _seed() if seed is None else seed, _needs_grad(x) or _needs_grad(scale)
+                         or _needs_grad(shift))[0]
+
+
+def batchnorm_relaxed(x: Tensor, scale: Tensor, shift: Tensor, tau: float, U: int = 2,
+                      seed: Optional[int] = None) -> Tensor:
+    """``relaxed(x*scale + shift, tau)`` in one pass: BatchNorm in eval, then LWTA's test-time relaxation."""
+    return _bn_relaxed_op(x, scale, shift, U, _seed() if seed is None else seed, float(tau))
+
+
+def batchnorm_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, tau: float, U: int = 2,
+                    hard: bool = False, want_kl: bool = True,
+                    seed: Optional[int] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """BatchNorm with batch statistics, then ``relaxed``: (y, batch mean, biased batch variance, KL)."""
+    return _bn_train_op(x, weight, bias, float(eps), U, _seed() if seed is None else seed, float(tau), hard, want_kl)

@@ -108,6 +108,8 @@ class SampledClassifier(nn.Module):
 
 
 def _check_input(model: nn.Module, x: torch.Tensor, in_chans: int) -> None:
+    if isinstance(x, torch.fx.Proxy):  # traced by torch.fx (fuse_batchnorm_lwta): no shape to check
+        return
     if x.dim() != 4 or x.shape[1] != in_chans:
         raise ValueError(f'{type(model).__name__} expects images (N, {in_chans}, H, W), got {tuple(x.shape)}')
 

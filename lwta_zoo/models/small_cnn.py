@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
+from ..layers.batchnorm_lwta import fuse_batchnorm_lwta
 from ._base import HF_ORG, DeviceLike, SampledClassifier, _check_input, build, cfg, make_act_layer
 
 __all__ = ['SmallCNN']
@@ -44,6 +45,7 @@ class SmallCNN(SampledClassifier):
         self.feature_info = [dict(num_chs=c, reduction=r, module=m) for c, r, m in (
             (32, 1, 'conv1'), (64, 2, 'conv2'), (128, 4, 'conv3'))]
         self.init_head(128, num_classes, global_pool, nn.Sequential(nn.Linear(128, hidden, **dd), act_layer()), hidden)
+        fuse_batchnorm_lwta(self)  # each BatchNorm -> LWTA runs as one pass of the fused kernels
 
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         """Parameter groups for timm's layer-wise optimizer settings: stem, conv layers, dense head."""

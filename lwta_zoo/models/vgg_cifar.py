@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
+from ..layers.batchnorm_lwta import fuse_batchnorm_lwta
 from ._base import HF_ORG, DeviceLike, Normalize, SampledClassifier, _check_input, build, cfg, make_act_layer
 
 __all__ = ['VGGCifar']
@@ -61,6 +62,7 @@ class VGGCifar(SampledClassifier):
         self.features, self.feature_info, chs = vgg_features(layers, in_chans, lambda i, o: [
             nn.Conv2d(i, o, 3, padding=1, **dd), nn.BatchNorm2d(o, **dd), act_layer(inplace=True)])
         self.init_head(chs, num_classes, global_pool)
+        fuse_batchnorm_lwta(self)  # each BatchNorm -> LWTA runs as one pass of the fused kernels
 
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         """Parameter groups for timm's layer-wise optimizer settings: the first conv, then each layer."""

@@ -2,7 +2,9 @@
 
 Keys: conv1, block{1,2,3}.layer.N.{bn1,conv1,bn2,conv2,convShortcut}, bn1, fc. Inputs are
 in [0, 1] with no normalisation, as in TRADES. The activations (relu1, relu2, relu) hold
-no weights, so a ReLU checkpoint and its LWTA twin share one layout. TRADES also builds an
+no weights, so a ReLU checkpoint and its LWTA twin share one layout. In the LWTA networks each
+BatchNorm and the LWTA after it are one module (``BatchNormLWTA2d``: the LWTA is ``bnN.act`` and
+``reluN`` an identity), with the same keys. TRADES also builds an
 unused ``sub_block1``; it is left out here and its keys are dropped on import.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
+from ..layers.batchnorm_lwta import fuse_batchnorm_lwta
 from ._base import HF_ORG, DeviceLike, SampledClassifier, _check_input, build, cfg, make_act_layer
 
 __all__ = ['WideResNet']
@@ -91,6 +94,7 @@ class WideResNet(SampledClassifier):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
+        fuse_batchnorm_lwta(self)  # each BatchNorm -> LWTA runs as one pass of the fused kernels
 
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         """Parameter groups for timm's layer-wise optimizer settings: stem, then each block (or stage)."""
