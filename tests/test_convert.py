@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from lwta_zoo import LWTA, convert, kl_divergence, set_mode
+from lwta_zoo import LWTA, convert, fuse_batchnorm_lwta, kl_divergence, set_mode
 from lwta_zoo.convert import RELU_LIKE
 from lwta_zoo.relu_fx import rewrite_functional_relus
 
@@ -264,7 +264,10 @@ def test_zoo_models_convert_as_before(name, shape):
     keys, relus = list(model.state_dict()), [p for p, m in model.named_modules() if isinstance(m, RELU_LIKE)]
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        convert(model, example_inputs=torch.rand(2, *shape))
+        convert(model, example_inputs=torch.rand(2, *shape), fuse=False)
     assert list(model.state_dict()) == keys
     assert [s.path for s in model.lwta_conversion] == relus and all(s.kind == 'module' for s in model.lwta_conversion)
     assert [p for p, m in model.named_modules() if isinstance(m, LWTA)] == relus
+    fuse_batchnorm_lwta(model)  # what convert's default fuse=True adds: an LWTA fed by a BatchNorm moves into it
+    assert list(model.state_dict()) == keys
+    assert len([m for m in model.modules() if isinstance(m, LWTA)]) == len(relus)
