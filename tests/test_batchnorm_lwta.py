@@ -207,6 +207,25 @@ def test_other_modes_and_straight_through_run_batchnorm_then_lwta():
     assert torch.equal(y1, y0) and all(torch.equal(a, b) for a, b in zip(g1, g0))
 
 
+def test_a_hook_on_the_lwta_sees_batchnorms_output_as_unfused():
+    """A forward hook on the fused module's LWTA (the winner-probability figure reads its input) still fires,
+    with BatchNorm's output as its input, and the output is the fused one's."""
+    plain, fused = _both(_pair(8, 2))
+    x = torch.randn(4, 8, 3, 3)
+    seen = []
+    handle = fused[0].act.register_forward_hook(lambda module, inputs, out: seen.append(inputs[0]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        y_hooked = fused.eval()(x)
+    handle.remove()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        y = fused(x)
+    assert len(seen) == 1 and torch.allclose(seen[0], plain.eval()[0](x), atol=1e-6)
+    # the same winners (BatchNorm rounded as a scale and shift in the fused pass: within an ulp or so)
+    assert torch.equal(y_hooked == 0, y == 0) and torch.allclose(y_hooked, y, atol=1e-5)
+
+
 CASES = [('train', 'sample', False), ('eval', 'sample', False), ('eval-tau', 'sample', False),
          ('eval', 'max', False), ('eval', 'mean', False), ('train', 'sample', True), ('eval', 'sample', True),
          ('eval-tau', 'sample', True), ('train-bn', 'sample', False), ('eval-bn', 'sample', False)]
