@@ -22,7 +22,6 @@ from typing import Any, Dict, List, Optional
 
 import timm
 import torch
-import yaml
 from safetensors.torch import load_file
 
 import lwta_zoo
@@ -180,8 +179,7 @@ def _unpublished() -> List[str]:
     published = {name.split('.')[0] for name in shipped_weights()}
     recipes: Dict[str, List[str]] = {}
     for path in sorted((ROOT / 'recipes').glob('*.yaml')):
-        model = (yaml.safe_load(path.read_text()) or {}).get('model') or {}
-        recipes.setdefault(model.get('name'), []).append(f'`recipes/{path.name}`')
+        recipes.setdefault(load_recipe(path).model.name, []).append(f'`recipes/{path.name}`')  # extends: resolved
     rows = ['| architecture | recipes that train it |', '|---|---|']
     rows += [f"| {name} | {', '.join(recipes.get(name, [])) or 'none yet'} |"
              for name in zoo_model_names() if name not in published and not ROBUSTBENCH_ALIAS.search(name)]
